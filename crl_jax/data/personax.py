@@ -218,7 +218,11 @@ def read_dataframe(path: str | os.PathLike) -> pd.DataFrame:
         raise FileNotFoundError(f"PersonaX table {path!r} not found; check the --data path.")
     if ext == ".csv":
         return pd.read_csv(path)
-    return pd.read_parquet(path)
+    try:
+        return pd.read_parquet(path)
+    except ImportError as e:
+        raise ImportError(f"Reading {path!r} needs a Parquet engine ({e}); install pyarrow "
+                          "(pip install 'crl_jax[parquet]') or convert the table to CSV.") from e
 
 
 def load_table(path: str | os.PathLike, columns: PersonaXColumns | Mapping[str, Any] | None = None,
@@ -368,6 +372,11 @@ def prepare_for_crl(table: PersonaXTable, nan_policy: str = "drop") -> tuple[dic
             imputed += int(mask.sum())
         report["rows_dropped"] = 0
         report["values_imputed"] = imputed
+    import chex  # boundary to the JAX model; imported here so Level I does not load JAX
+
+    chex.assert_rank(list(out.values()), 3)
+    chex.assert_tree_all_finite(out)
+    chex.assert_equal_shape_prefix(list(out.values()), 1)
     agg = table.aggregated_traits()
     trait_names = list(agg)
     traits = np.stack([agg[t] for t in trait_names], axis=1)[keep] if trait_names else np.zeros((keep.sum(), 0))
