@@ -6,7 +6,9 @@ Pipeline (the same for every call):
 2. Features: ``linear`` = the standardised inputs (ordinary least squares, alpha 0 by
    default, with the intercept carried by centring); ``kernel`` = Nystroem features of an
    RBF kernel ``exp(-gamma ||x - x'||^2)`` with ``min(n_components, n_train)`` landmarks
-   drawn from the train split (seeded), i.e. ``phi(x) = k(x, C) K_CC^{-1/2}``. Ridge on these
+   drawn from the train split (seeded), i.e. features whose inner products give the Nystroem
+   kernel ``k(x, C) K_CC^+ k(C, x')`` (computed with a pivoted Cholesky of ``K_CC``, see
+   ``_NystroemFeatures``). Ridge on these
    features equals kernel ridge regression (``sklearn.kernel_ridge.KernelRidge``, no
    intercept, on centred targets) with the Nystroem kernel, same ``gamma`` and ``alpha``.
 3. Hyper-parameters (gamma, alpha) are chosen on the VALIDATION split by a grid; the test
@@ -26,6 +28,8 @@ import dataclasses
 from typing import Iterator, Mapping, Sequence
 
 import numpy as np
+import scipy.linalg
+import scipy.linalg.lapack
 
 from crl_jax.metrics._checks import as_samples, block_indices, check_choice, check_same_n
 
@@ -34,6 +38,7 @@ SPLITS = ("train", "val", "test")
 DEFAULT_GAMMA_SCALES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0)  # times 1 / d_in
 DEFAULT_ALPHAS = tuple(10.0 ** np.arange(-4, 4))
 _CHUNK = 8192
+_PIVOT_TOL = 1e-10  # residual-variance cut-off of the landmark kernel's pivoted Cholesky
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,9 +56,6 @@ class _LinearFeatures:
     def __init__(self) -> None:
         self.settings = [None]
 
-    def normaliser(self, s: int) -> None:
-        return None
-
     def chunks(self, x: np.ndarray) -> Iterator[tuple[slice, int, np.ndarray]]:
         for start in range(0, x.shape[0], _CHUNK):
             rows = slice(start, start + _CHUNK)
@@ -66,32 +68,68 @@ def _sqdist(x: np.ndarray, c: np.ndarray, c_sq: np.ndarray) -> np.ndarray:
 
 
 class _NystroemFeatures:
-    """RBF Nystroem features for several gammas, sharing the landmark distances."""
+    """RBF Nystroem features for several gammas, sharing the landmark distances.
+
+    ``K_CC`` is factorised by a pivoted (rank-revealing) Cholesky, ``K_CC[P, P] = L L^T``
+    truncated where the largest remaining pivot falls below ``_PIVOT_TOL`` (the kernel's
+    diagonal is 1, so the dropped landmarks are reproduced from the kept ones to that
+    residual variance). Features ``phi(x) = L^{-1} k(C_P, x)`` satisfy ``phi(x) . phi(x') =
+    k(x, C) K_CC^+ k(C, x')`` up to that tolerance: the Nystroem kernel of
+    ``sklearn.kernel_approximation.Nystroem``, at about a tenth of an eigendecomposition's cost,
+    and without amplifying round-off in the null directions of a rank-deficient ``K_CC``.
+    """
 
     def __init__(self, landmarks: np.ndarray, gammas: Sequence[float]) -> None:
         self.landmarks = landmarks
         self.c_sq = (landmarks * landmarks).sum(axis=1)
         self.settings = list(gammas)
         d2 = _sqdist(landmarks, landmarks, self.c_sq)
-        self._norms = []
+        self._pivots, self._norms = [], []
         for gamma in self.settings:
-            evals, evecs = np.linalg.eigh(np.exp(-gamma * d2))
-            evals = np.maximum(evals, 1e-12)  # as sklearn.kernel_approximation.Nystroem
-            self._norms.append((evecs / np.sqrt(evals)) @ evecs.T)
-
-    def normaliser(self, s: int) -> np.ndarray:
-        return self._norms[s]
+            chol, piv, rank, info = scipy.linalg.lapack.dpstrf(np.exp(-gamma * d2), lower=1, tol=_PIVOT_TOL)
+            if info < 0:
+                raise RuntimeError(f"pivoted Cholesky of the landmark kernel failed (LAPACK info={info}).")
+            lower = np.tril(chol[:rank, :rank])
+            self._pivots.append(piv[:rank] - 1)  # LAPACK pivots are 1-based
+            self._norms.append(scipy.linalg.solve_triangular(lower, np.eye(rank), lower=True).T)
 
     def chunks(self, x: np.ndarray) -> Iterator[tuple[slice, int, np.ndarray]]:
-        """Raw kernel columns k(x, C) (before K_CC^{-1/2}) per chunk and gamma."""
+        """Features ``k(x, C_P) L^{-T}`` per chunk of rows and per gamma.
+
+        The features themselves (not ``L^{-1} K L^{-T}`` of a raw gram) enter every product,
+        so the train gram ``phi^T phi`` is positive semi-definite to round-off.
+        """
         for start in range(0, x.shape[0], _CHUNK):
             rows = slice(start, start + _CHUNK)
             d2 = _sqdist(x[rows], self.landmarks, self.c_sq)
             for s, gamma in enumerate(self.settings):
-                yield rows, s, np.exp(-gamma * d2)
+                yield rows, s, np.exp(-gamma * d2[:, self._pivots[s]]) @ self._norms[s]
 
 
 # ----------------------------------------------------------------------------- ridge core
+
+
+def _ridge_pinv(h: np.ndarray, b: np.ndarray, alphas: np.ndarray) -> np.ndarray:
+    """Solutions (A, p, t) of (h + alpha I) w = b for all alphas; pseudo-inverse at alpha 0."""
+    evals, evecs = np.linalg.eigh(h)
+    evals = np.maximum(evals, 0.0)
+    denom = evals[None, :] + alphas[:, None]
+    tol = max(evals.max(), 1e-300) * 1e-12
+    inv = np.where(denom > tol, 1.0 / np.where(denom > tol, denom, 1.0), 0.0)
+    return np.matmul(evecs, inv[:, :, None] * (evecs.T @ b)[None])
+
+
+def _ridge_cholesky(h: np.ndarray, b: np.ndarray, alphas: np.ndarray) -> np.ndarray:
+    """Solutions (A, p, t) of (h + alpha I) w = b, alpha > 0: one Cholesky per alpha.
+
+    Several times cheaper than an eigendecomposition of h at p ~ 1000; h + alpha I is
+    positive definite with condition number <= trace(h) / alpha ~ n / alpha.
+    """
+    eye = np.eye(h.shape[0])
+    try:
+        return np.stack([scipy.linalg.cho_solve(scipy.linalg.cho_factor(h + a * eye), b) for a in alphas])
+    except np.linalg.LinAlgError:  # round-off made h + alpha I indefinite: use the eigen route
+        return _ridge_pinv(h, b, alphas)
 
 
 def _r2_per_dim(sse: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -128,18 +166,8 @@ def _ridge_select(
         g, c = phi.T @ phi, phi.T @ y_tr[rows]
         gram[s] = g if gram[s] is None else gram[s] + g
         cross[s] = c if cross[s] is None else cross[s] + c
-    weights = []  # per setting: (A, p_raw, t) weights acting on the raw chunk features
-    for s in range(n_set):
-        norm = features.normaliser(s)
-        h, b = (gram[s], cross[s]) if norm is None else (norm @ gram[s] @ norm, norm @ cross[s])
-        evals, evecs = np.linalg.eigh(h)
-        evals = np.maximum(evals, 0.0)
-        denom = evals[None, :] + alphas[:, None]
-        tol = max(evals.max(), 1e-300) * 1e-12
-        inv = np.where(denom > tol, 1.0 / np.where(denom > tol, denom, 1.0), 0.0)  # pinv at alpha 0
-        coef = inv[:, :, None] * (evecs.T @ b)[None]  # (A, p, t) in the eigenbasis
-        w = np.matmul(evecs, coef)
-        weights.append(w if norm is None else np.matmul(norm, w))
+    solve = _ridge_pinv if isinstance(features, _LinearFeatures) else _ridge_cholesky
+    weights = [solve(gram[s], cross[s], alphas) for s in range(n_set)]  # each (A, p_s, t)
     r2_val = _r2_per_dim(_sse(features, weights, x_va, y_va), y_va)  # (S, A, t)
     results = []
     for idx in groups:
@@ -147,7 +175,7 @@ def _ridge_select(
         s, a = np.unravel_index(np.argmax(score), score.shape)
         results.append({"setting": int(s), "alpha_index": int(a), "val_r2": float(score[s, a]), "idx": idx})
     # Score the chosen models only: one weight column block per target, zero elsewhere.
-    chosen = [np.zeros(weights[0].shape[1:]) for _ in range(n_set)]
+    chosen = [np.zeros(w.shape[1:]) for w in weights]
     for res in results:
         chosen[res["setting"]][:, res["idx"]] = weights[res["setting"]][res["alpha_index"]][:, res["idx"]]
     sse_te = _sse(features, [c[None] for c in chosen], x_te, y_te)[:, 0]  # (S, t)
@@ -197,8 +225,10 @@ def _resolve_grid(kind: str, grid: Mapping[str, Sequence[float]] | None, d_in: i
     default_alphas = DEFAULT_ALPHAS if kind == "kernel" else (0.0,)
     alphas = np.asarray(grid.get("alpha", default_alphas), dtype=np.float64).ravel()
     gammas = [float(g) for g in np.ravel(grid.get("gamma", np.asarray(DEFAULT_GAMMA_SCALES) / d_in))]
-    if alphas.size == 0 or np.any(~np.isfinite(alphas)) or np.any(alphas < 0):
-        raise ValueError(f"grid['alpha'] must be a non-empty list of finite values >= 0; got {alphas.tolist()}.")
+    min_alpha = 0.0 if kind == "linear" else np.finfo(np.float64).tiny
+    if alphas.size == 0 or np.any(~np.isfinite(alphas)) or np.any(alphas < min_alpha):
+        bound = ">= 0" if kind == "linear" else "> 0 (kernel ridge)"
+        raise ValueError(f"grid['alpha'] must be a non-empty list of finite values {bound}; got {alphas.tolist()}.")
     if not gammas or any(not np.isfinite(g) or g <= 0 for g in gammas):
         raise ValueError(f"grid['gamma'] must be a non-empty list of finite values > 0; got {gammas}.")
     return gammas, alphas
