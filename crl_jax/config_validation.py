@@ -1,0 +1,78 @@
+"""Config checks that run before any long work; each failure names the field and the fix."""
+from __future__ import annotations
+
+import synthetic
+from crl_jax.models import networks, vae
+
+MODELS = ("personax",)
+
+
+class ConfigError(ValueError):
+    """A config field has a value the run cannot use."""
+
+
+def _require(ok: bool, field: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"config.{field}: {message}")
+
+
+def validate(config, n_devices: int, models=MODELS) -> None:
+    d, m, lo, t, e = config.data, config.model, config.loss, config.train, config.eval
+    _require(d.preset in synthetic.PRESETS, "data.preset",
+             f"unknown preset {d.preset!r}; choose one of {list(synthetic.PRESETS)}")
+    _require(m.name in models, "model.name",
+             f"unknown model {m.name!r}; choose one of {list(models)}")
+    _require(m.encoder in networks.ENCODERS, "model.encoder",
+             f"{m.encoder!r} is not one of {list(networks.ENCODERS)}")
+    _require(m.fusion in vae.FUSIONS, "model.fusion",
+             f"{m.fusion!r} is not one of {list(vae.FUSIONS)}")
+    _require(m.prior in vae.PRIORS, "model.prior",
+             f"{m.prior!r} is not one of {list(vae.PRIORS)}")
+    _require(len(m.hidden) > 0 and all(int(h) > 0 for h in m.hidden), "model.hidden",
+             f"needs positive layer widths, got {tuple(m.hidden)}")
+    _require(int(d.n_measurements) >= 1, "data.n_measurements",
+             f"must be >= 1, got {d.n_measurements}")
+    _require(int(d.shared_dim) >= 0, "data.shared_dim", f"must be >= 0, got {d.shared_dim}")
+    _require(int(d.image_size) in (14, 28), "data.image_size",
+             f"must be 14 or 28, got {d.image_size}")
+    _require(int(d.train_size) >= 0, "data.train_size",
+             "must be 0 (fresh samples every step) or a positive training-set size")
+    for field in ("eval_fit_size", "val_size", "test_size"):
+        _require(int(d[field]) >= 50, f"data.{field}",
+                 f"held-out sets need at least 50 samples, got {d[field]}")
+    _require(float(lo.recon_std) > 0, "loss.recon_std", "must be > 0")
+    for field in ("beta", "lambda_sparse", "lambda_sparse_within", "lambda_tie"):
+        _require(float(lo[field]) >= 0, f"loss.{field}", f"must be >= 0, got {lo[field]}")
+    _require(int(t.steps) >= 1, "train.steps", f"must be >= 1, got {t.steps}")
+    _require(int(t.num_seeds) >= 1, "train.num_seeds", f"must be >= 1, got {t.num_seeds}")
+    _require(float(t.learning_rate) > 0, "train.learning_rate", "must be > 0")
+    _require(int(t.batch_size) >= 1, "train.batch_size", "must be >= 1")
+    _require(int(t.batch_size) % n_devices == 0, "train.batch_size",
+             f"{t.batch_size} is not divisible by the {n_devices} devices of the data mesh; "
+             f"use a multiple of {n_devices}")
+    _require(int(t.log_every) >= 1, "train.log_every", "must be >= 1")
+    _require(int(t.checkpoint_every) >= 1 and int(t.checkpoint_every) % int(t.log_every) == 0,
+             "train.checkpoint_every",
+             f"must be a positive multiple of train.log_every ({t.log_every}) so that every "
+             f"checkpoint is saved right after a finite-loss check")
+    _require(t.schedule in ("cosine", "constant"), "train.schedule",
+             f"{t.schedule!r} is not 'cosine' or 'constant'")
+    _require(e.r2_kind in ("kernel", "linear"), "eval.r2_kind",
+             f"{e.r2_kind!r} is not 'kernel' or 'linear'")
+    _require(int(e.shd_reversal_cost) in (1, 2), "eval.shd_reversal_cost", "must be 1 or 2")
+    _require(float(e.graph_threshold) >= 0, "eval.graph_threshold", "must be >= 0")
+
+
+def validate_against_spec(config, spec) -> None:
+    """Checks that need the generator spec (model sizes vs data)."""
+    m = config.model
+    n_mod = len(spec.modalities)
+    if len(m.latent_dims):
+        _require(len(m.latent_dims) == n_mod, "model.latent_dims",
+                 f"has {len(m.latent_dims)} entries but preset {spec.name!r} has {n_mod} "
+                 f"modalities; give one size per modality or () for the true sizes")
+        _require(all(int(v) > 0 for v in m.latent_dims), "model.latent_dims",
+                 "sizes must be positive")
+    if m.encoder == "conv":
+        _require(all(len(s) == 3 for s in spec.obs_shapes), "model.encoder",
+                 f"'conv' needs image data, preset {spec.name!r} is vector data; use 'mlp'")

@@ -1,0 +1,28 @@
+"""Command line: ``python -m crl_jax.main --config=configs/synthetic.py --workdir=DIR``.
+
+Only parses flags and calls :func:`crl_jax.train.train_and_evaluate`.
+"""
+from __future__ import annotations
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from crl_jax import parallel, train
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file(
+    "config", None, "Training config file (e.g. configs/synthetic.py or "
+    "configs/synthetic.py:case2).", lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, reports and plots.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    parallel.maybe_initialize_distributed()
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == "__main__":
+    app.run(main)

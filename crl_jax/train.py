@@ -1,0 +1,208 @@
+"""Training loop and ``train_and_evaluate(config, workdir)`` (also called from notebooks).
+
+One jitted step trains all seeds at once (vmap over a leading seed axis) on a data-parallel
+mesh (batch sharded over ``data``, state replicated, buffers donated). The host only looks
+at the metrics every ``train.log_every`` steps: there it checks that the loss is finite,
+writes ``metrics.jsonl``, updates the progress bar and, every ``train.checkpoint_every``
+steps, saves an Orbax checkpoint, so a checkpoint never holds a non-finite state. Rerunning
+the same command resumes from the latest checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tqdm
+
+from crl_jax import checkpointing, config_validation, experiment, input_pipeline, parallel
+from crl_jax import evaluation, plotting, reporting, steps
+
+
+class TrainingDiverged(FloatingPointError):
+    """The loss became NaN or Inf; the last good checkpoint is kept."""
+
+
+class _SummaryWriter:
+    """metrics.jsonl always; TensorBoard event files when tensorboardX is installed."""
+
+    def __init__(self, workdir: str):
+        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+        try:
+            from tensorboardX import SummaryWriter
+            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        except ImportError:
+            self._tb = None
+
+    def write(self, step: int, record: dict) -> None:
+        self._jsonl.write(json.dumps({"step": step, **record}) + "\n")
+        self._jsonl.flush()
+        if self._tb is not None:
+            for name, value in record.items():
+                if isinstance(value, float):
+                    self._tb.add_scalar(name, value, step)
+
+    def close(self) -> None:
+        self._jsonl.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def _example_input(layout):
+    return tuple(jnp.zeros((2, k) + tuple(shape), jnp.float32)
+                 for k, shape in zip(layout.n_measurements, layout.obs_shapes))
+
+
+def _all_finite(tree) -> bool:
+    leaves = jax.tree_util.tree_leaves(tree)
+    return bool(jax.device_get(jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))))
+
+
+def _summarise(window: list[dict]) -> dict:
+    """Window of per-step metric dicts ((S,) arrays) -> per-seed means and seed means."""
+    stacked = jax.device_get(jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *window))
+    record = {}
+    for name, values in stacked.items():
+        per_seed = np.mean(np.asarray(values, np.float64), axis=0)
+        record[name] = float(np.mean(per_seed))
+        record[f"{name}_per_seed"] = [float(v) for v in per_seed]
+    return record
+
+
+def setup(config, workdir: str | None, mesh=None):
+    """Validated objects of a run: (process, layout, model, mesh)."""
+    mesh = parallel.make_mesh() if mesh is None else mesh
+    config_validation.validate(config, n_devices=mesh.devices.size)
+    process = experiment.load_or_make_process(config.data, workdir)
+    config_validation.validate_against_spec(config, process.spec)
+    layout = experiment.build_layout(process.spec, config.model)
+    model = experiment.build_model(layout, config.model)
+    return process, layout, model, mesh
+
+
+def init_state(model, layout, config, mesh):
+    tx = steps.make_optimizer(config.train)
+    state = steps.create_train_states(model, _example_input(layout), tx,
+                                      int(config.train.seed), int(config.train.num_seeds))
+    return jax.device_put(state, parallel.replicated(mesh))
+
+
+def jit_train_step(model, layout, config, mesh):
+    repl, batch = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+    return jax.jit(steps.make_train_step(model, layout, config.loss),
+                   in_shardings=(repl, batch), out_shardings=(repl, repl), donate_argnums=(0,))
+
+
+def train(config, workdir: str, process, layout, model, mesh, *, stop_after_step=None):
+    """Train (or resume) to ``config.train.steps``; returns (state, last step).
+
+    ``stop_after_step`` ends the run early after checkpointing that step, as a pre-empted
+    job would; rerunning resumes from there.
+    """
+    t_cfg = config.train
+    state = init_state(model, layout, config, mesh)
+    mngr = checkpointing.manager(workdir, t_cfg.keep_checkpoints)
+    state, step = checkpointing.restore_latest(mngr, state)
+    total = int(t_cfg.steps)
+    train_step = jit_train_step(model, layout, config, mesh)
+    batches = input_pipeline.BatchSource(process, config.data, t_cfg,
+                                         parallel.batch_sharding(mesh))
+    sync_each_step = parallel.needs_step_sync(mesh)
+    writer = _SummaryWriter(workdir)
+    bar = tqdm.tqdm(total=total, initial=step, disable=not t_cfg.progress,
+                    desc=f"train {config.model.name} x{t_cfg.num_seeds} seeds", unit="step")
+    window, last_good, step_last = [], step, step
+    t_start = t_last = time.time()
+    try:
+        while step < total:
+            state, terms = train_step(state, batches(step))
+            step += 1
+            window.append(terms)
+            if sync_each_step:
+                jax.block_until_ready(terms)
+            stopping = stop_after_step is not None and step >= stop_after_step
+            if step % int(t_cfg.log_every) and step != total and not stopping:
+                continue
+            record = _summarise(window)
+            window = []
+            bad = [i for i, v in enumerate(record["loss_per_seed"]) if not np.isfinite(v)]
+            if bad:
+                raise TrainingDiverged(
+                    f"loss became NaN/Inf between steps {step - int(t_cfg.log_every)} and "
+                    f"{step} for seed(s) {bad}; training stopped. The last good checkpoint "
+                    f"(step {last_good}) is kept in {os.path.join(workdir, 'checkpoints')}. "
+                    f"Try a lower train.learning_rate or a larger loss.recon_std.")
+            now = time.time()
+            record["steps_per_sec"] = (step - step_last) / max(now - t_last, 1e-9)
+            record["elapsed_sec"] = now - t_start
+            t_last, step_last = now, step
+            writer.write(step, record)
+            bar.set_postfix({k: f"{record[k]:.3g}" for k in ("loss", "recon", "kl", "tie")})
+            bar.update(step - bar.n)
+            if step % int(t_cfg.checkpoint_every) == 0 or step == total or stopping:
+                if not _all_finite(state.params):
+                    raise TrainingDiverged(
+                        f"parameters became NaN/Inf by step {step}; the last good checkpoint "
+                        f"(step {last_good}) is kept.")
+                checkpointing.save(mngr, step, state)
+                last_good = step
+            if stopping:
+                break
+    finally:
+        bar.close()
+        writer.close()
+        mngr.close()
+    return state, step
+
+
+def _latent_names(spec) -> list[str]:
+    names = []
+    for block, sl in spec.block_slices.items():
+        names += [f"{block}[{i}]" for i in range(sl.stop - sl.start)]
+    return names
+
+
+def train_and_evaluate(config, workdir: str, *, stop_after_step=None) -> dict | None:
+    """Train ``config.train.num_seeds`` replicas, evaluate on held-out data, write reports.
+
+    Writes ``config.json``, ``generator/``, ``checkpoints/``, ``metrics.jsonl``,
+    ``report.json``, ``report.md`` and figures into ``workdir``; returns the report dict
+    (``None`` when stopped early by ``stop_after_step``).
+    """
+    os.makedirs(workdir, exist_ok=True)
+    process, layout, model, mesh = setup(config, workdir)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(config.to_json_best_effort(indent=1))
+    t0 = time.time()
+    state, step = train(config, workdir, process, layout, model, mesh,
+                        stop_after_step=stop_after_step)
+    train_seconds = time.time() - t0
+    if step < int(config.train.steps):
+        return None
+    t1 = time.time()
+    report = {"model": config.model.name, "preset": process.spec.name,
+              "num_seeds": int(config.train.num_seeds), "steps": step,
+              "train_seconds": train_seconds, "devices": mesh.devices.size,
+              "evaluation": evaluate_state(model, state.params, process, layout, config)}
+    report["eval_seconds"] = time.time() - t1
+    if config.eval.plots:
+        report["figures"] = plotting.all_figures(workdir, report["evaluation"],
+                                                 _latent_names(process.spec))
+    clean = reporting.write(workdir, report)
+    print(reporting.markdown(clean))
+    return clean
+
+
+def evaluate_state(model, params, process, layout, config) -> dict:
+    def encode(p, xs):
+        return model.apply({"params": p}, xs, method="encode")["z_mean"]
+
+    def adjacency(p):
+        return model.apply({"params": p}, method="adjacency")
+
+    weights = np.asarray(jax.vmap(adjacency)(params))
+    return evaluation.evaluate_run(encode, params, weights, process, process.spec.block_slices,
+                                   layout.block_slices, config.data, config.eval)

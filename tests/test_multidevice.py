@@ -1,0 +1,46 @@
+"""The data-parallel step on 8 (forced CPU) devices equals the single-device step."""
+import os
+import subprocess
+import sys
+import textwrap
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+SCRIPT = textwrap.dedent("""
+    import jax, numpy as np
+    assert jax.device_count() == 8, jax.devices()
+    from configs import synthetic as cfgs
+    from crl_jax import input_pipeline, parallel, train
+    config = cfgs.get_config("smoke")
+    config.train.batch_size = 64
+    results = []
+    for devices in (jax.devices()[:1], jax.devices()):
+        mesh = parallel.make_mesh(devices)
+        process, layout, model, mesh = train.setup(config, None, mesh=mesh)
+        state = train.init_state(model, layout, config, mesh)
+        step_fn = train.jit_train_step(model, layout, config, mesh)
+        batches = input_pipeline.BatchSource(process, config.data, config.train,
+                                             parallel.batch_sharding(mesh))
+        losses = []
+        for step in range(3):
+            batch = batches(step)
+            assert len(batch[0].sharding.device_set) == len(devices)
+            state, terms = step_fn(state, batch)
+            jax.block_until_ready(terms)
+            losses.append(np.asarray(terms["loss"]))
+        results.append((np.stack(losses), jax.device_get(state.params)))
+    (l1, p1), (l8, p8) = results
+    np.testing.assert_allclose(l1, l8, rtol=2e-5, atol=1e-5)
+    jax.tree_util.tree_map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6), p1, p8)
+    print("EQUIVALENT", l1[-1])
+""")
+
+
+def test_sharded_step_matches_single_device():
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+               JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert "EQUIVALENT" in proc.stdout

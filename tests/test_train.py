@@ -1,0 +1,112 @@
+"""Training loop: main smoke run, resume equivalence, NaN handling, config validation."""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from configs import synthetic as synthetic_config
+from crl_jax import config_validation, train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _smoke(**train_overrides):
+    config = synthetic_config.get_config("smoke")
+    config.eval.plots = False
+    for k, v in train_overrides.items():
+        config.train[k] = v
+    return config
+
+
+def test_main_smoke_run_writes_reports_and_plots(tmp_path):
+    workdir = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "crl_jax.main", "--config=configs/synthetic.py:smoke",
+         f"--workdir={workdir}", "--config.train.steps=20"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in ("config.json", "metrics.jsonl", "report.json", "report.md",
+                 "training_curves.png", "latent_scatter.png", "r2_blocks.png", "graph.png",
+                 "generator/generator_spec.json"):
+        assert (workdir / name).exists(), name
+    report = json.loads((workdir / "report.json").read_text())
+    assert report["steps"] == 20 and report["num_seeds"] == 2
+    summary = report["evaluation"]["summary"]
+    assert len(summary["mcc_pearson"]["per_seed"]) == 2
+    assert 0.0 <= summary["mcc_pearson"]["mean"] <= 1.0
+    assert set(summary["r2_block"]) == {"m1", "m2"}
+    assert "shd" in summary["graph"]
+    lines = (workdir / "metrics.jsonl").read_text().strip().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [10, 20]
+    assert "MCC (Pearson)" in (workdir / "report.md").read_text()
+
+
+def _final_params(config, workdir, stop_after_step=None):
+    process, layout, model, mesh = train.setup(config, str(workdir))
+    state, step = train.train(config, str(workdir), process, layout, model, mesh,
+                              stop_after_step=stop_after_step)
+    return jax.device_get(state.params), step
+
+
+def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path):
+    config = _smoke(steps=20, log_every=5, checkpoint_every=5)
+    straight, step = _final_params(config, tmp_path / "a")
+    assert step == 20
+    _, step = _final_params(config, tmp_path / "b", stop_after_step=10)
+    assert step == 10
+    resumed, step = _final_params(config, tmp_path / "b")
+    assert step == 20
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+                           straight, resumed)
+    lines = (tmp_path / "b" / "metrics.jsonl").read_text().strip().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [5, 10, 15, 20]
+
+
+def test_nan_stops_training_and_keeps_last_good_checkpoint(tmp_path):
+    config = _smoke(steps=20, log_every=5, checkpoint_every=5)
+    _final_params(config, tmp_path, stop_after_step=10)
+    config.train.learning_rate = 1e30   # blows the parameters up on the next steps
+    with pytest.raises(train.TrainingDiverged, match="last good checkpoint"):
+        _final_params(config, tmp_path)
+    mngr = ocp.CheckpointManager(os.path.abspath(tmp_path / "checkpoints"))
+    assert mngr.latest_step() == 10
+    restored = mngr.restore(10)
+    leaves = jax.tree_util.tree_leaves(restored)
+    assert leaves and all(np.all(np.isfinite(np.asarray(x))) for x in leaves)
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("data.preset", "numerical_case9", "config.data.preset"),
+    ("model.name", "transformer", "config.model.name"),
+    ("model.encoder", "resnet", "config.model.encoder"),
+    ("train.batch_size", 60, "config.train.batch_size.*divisible by the 8 devices"),
+    ("train.checkpoint_every", 15, "config.train.checkpoint_every"),
+    ("loss.beta", -1.0, "config.loss.beta"),
+])
+def test_bad_config_fails_in_validation_naming_the_field(field, value, match):
+    config = _smoke()
+    section, name = field.split(".")
+    config[section][name] = value
+    with pytest.raises(config_validation.ConfigError, match=match):
+        config_validation.validate(config, n_devices=8)
+
+
+def test_config_checks_against_the_data(tmp_path):
+    config = _smoke()
+    config.model.latent_dims = (2, 2, 2)
+    with pytest.raises(config_validation.ConfigError, match="config.model.latent_dims"):
+        train.setup(config, str(tmp_path))
+    config = _smoke()
+    config.model.encoder = "conv"
+    with pytest.raises(config_validation.ConfigError, match="config.model.encoder"):
+        train.setup(config, str(tmp_path / "b"))
+
+
+def test_unknown_config_variant_is_rejected():
+    with pytest.raises(ValueError, match="unknown variant"):
+        synthetic_config.get_config("case7")
