@@ -30,6 +30,7 @@ from typing import Iterator, Mapping, Sequence
 import numpy as np
 import scipy.linalg
 import scipy.linalg.lapack
+from threadpoolctl import threadpool_limits
 
 from crl_jax.metrics._checks import as_samples, block_indices, check_choice, check_same_n
 
@@ -127,7 +128,10 @@ def _ridge_cholesky(h: np.ndarray, b: np.ndarray, alphas: np.ndarray) -> np.ndar
     """
     eye = np.eye(h.shape[0])
     try:
-        return np.stack([scipy.linalg.cho_solve(scipy.linalg.cho_factor(h + a * eye), b) for a in alphas])
+        # One BLAS thread: at this size threaded potrf gains little on an idle machine and is
+        # ~10x slower on a busy one (measured on the shared 2-core CI box).
+        with threadpool_limits(limits=1, user_api="blas"):
+            return np.stack([scipy.linalg.cho_solve(scipy.linalg.cho_factor(h + a * eye), b) for a in alphas])
     except np.linalg.LinAlgError:  # round-off made h + alpha I indefinite: use the eigen route
         return _ridge_pinv(h, b, alphas)
 
@@ -140,10 +144,13 @@ def _r2_per_dim(sse: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 def _sse(features, weights: list[np.ndarray], x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Sum of squared errors per (setting, alpha, target) for weights[s] of shape (A, p, t)."""
-    out = np.zeros((len(features.settings),) + weights[0].shape[:1] + y.shape[1:])
+    n_alpha, t = weights[0].shape[0], y.shape[1]
+    # (p, A * t) so each chunk needs one well-shaped matrix product instead of A skinny ones
+    flat = [w.transpose(1, 0, 2).reshape(w.shape[1], n_alpha * t) for w in weights]
+    out = np.zeros((len(features.settings), n_alpha, t))
     for rows, s, phi in features.chunks(x):
-        resid = np.matmul(phi, weights[s]) - y[rows]
-        out[s] += np.einsum("anj,anj->aj", resid, resid)
+        resid = (phi @ flat[s]).reshape(-1, n_alpha, t) - y[rows][:, None, :]
+        out[s] += np.einsum("naj,naj->aj", resid, resid)
     return out
 
 
@@ -161,11 +168,12 @@ def _ridge_select(
     """Ridge on ``features`` for every (setting, alpha); choose per target group on val; score test."""
     n_set = len(features.settings)
     gram: list[np.ndarray] = [None] * n_set  # type: ignore[list-item]
-    cross: list[np.ndarray] = [None] * n_set  # type: ignore[list-item]
     for rows, s, phi in features.chunks(x_tr):
-        g, c = phi.T @ phi, phi.T @ y_tr[rows]
-        gram[s] = g if gram[s] is None else gram[s] + g
-        cross[s] = c if cross[s] is None else cross[s] + c
+        gc = phi.T @ np.hstack([phi, y_tr[rows]])  # gram and cross-products in one product
+        gram[s] = gc if gram[s] is None else gram[s] + gc
+    p_dims = [g.shape[0] for g in gram]
+    cross = [g[:, p:] for g, p in zip(gram, p_dims)]
+    gram = [g[:, :p] for g, p in zip(gram, p_dims)]
     solve = _ridge_pinv if isinstance(features, _LinearFeatures) else _ridge_cholesky
     weights = [solve(gram[s], cross[s], alphas) for s in range(n_set)]  # each (A, p_s, t)
     r2_val = _r2_per_dim(_sse(features, weights, x_va, y_va), y_va)  # (S, A, t)
