@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import synthetic
+from crl_jax import methods
 from crl_jax.models import networks, vae
-
-MODELS = ("personax",)
 
 
 class ConfigError(ValueError):
@@ -16,12 +15,12 @@ def _require(ok: bool, field: str, message: str) -> None:
         raise ConfigError(f"config.{field}: {message}")
 
 
-def validate(config, n_devices: int, models=MODELS) -> None:
+def validate(config, n_devices: int) -> None:
     d, m, lo, t, e = config.data, config.model, config.loss, config.train, config.eval
     _require(d.preset in synthetic.PRESETS, "data.preset",
              f"unknown preset {d.preset!r}; choose one of {list(synthetic.PRESETS)}")
-    _require(m.name in models, "model.name",
-             f"unknown model {m.name!r}; choose one of {list(models)}")
+    _require(m.name in methods.available(), "model.name",
+             f"unknown model {m.name!r}; choose one of {list(methods.available())}")
     _require(m.encoder in networks.ENCODERS, "model.encoder",
              f"{m.encoder!r} is not one of {list(networks.ENCODERS)}")
     _require(m.fusion in vae.FUSIONS, "model.fusion",

@@ -3,7 +3,8 @@
 Three fresh samples are drawn from the run's generative process with keys that training
 never uses: ``fit`` (to fit the R^2 regressions), ``val`` (R^2 hyper-parameters and the MCC
 matching and signs) and ``test`` (every reported number). The latents are the posterior
-means of the fused encoders. Nothing is selected on the test sample.
+means of the fused encoders. Nothing is selected on the test sample: ``*_val`` entries (the
+validation sample's own MCC) are what model selection and tuning may look at.
 """
 from __future__ import annotations
 
@@ -28,11 +29,11 @@ def heldout_samples(process, data_cfg) -> dict:
             for i, name in enumerate(SPLITS)}
 
 
-def encode_seeds(encode_fn: Callable, params, xs, batch_size: int) -> np.ndarray:
-    """Posterior means for every seed: (S, n, D). ``encode_fn(params, xs) -> (n, D)``."""
-    fn = jax.jit(jax.vmap(encode_fn, in_axes=(0, None)))
+def encode_seeds(encode_fn: Callable, params, xs, true_z, batch_size: int) -> np.ndarray:
+    """Representations for every seed: (S, n, D). ``encode_fn(params, xs, z) -> (n, D)``."""
+    fn = jax.jit(jax.vmap(encode_fn, in_axes=(0, None, None)))
     n = xs[0].shape[0]
-    chunks = [fn(params, tuple(x[i:i + batch_size] for x in xs))
+    chunks = [fn(params, tuple(x[i:i + batch_size] for x in xs), true_z[i:i + batch_size])
               for i in range(0, n, batch_size)]
     return np.asarray(jnp.concatenate(chunks, axis=1), np.float64)
 
@@ -58,6 +59,7 @@ def evaluate_latents(true: dict, est: dict, true_blocks: dict, est_blocks: dict,
             out["matching"] = {"true_idx": matching.true_idx.tolist(),
                                "est_idx": matching.est_idx.tolist(),
                                "signs": matching.signs.tolist()}
+        out[f"mcc_{method}_val"] = metrics.mcc(true["val"], est["val"], method=method).value
     true_splits = tuple(true[s] for s in SPLITS)
     est_splits = tuple(est[s] for s in SPLITS)
     kwargs = dict(kind=eval_cfg.r2_kind, n_components=int(eval_cfg.kernel_components))
@@ -82,6 +84,7 @@ def summarise_seeds(per_seed: list[dict]) -> dict:
     summary = {}
     for key in ("mcc_pearson", "mcc_spearman"):
         summary[key] = _mean_std([r[key] for r in per_seed])
+        summary[f"{key}_val"] = _mean_std([r[f"{key}_val"] for r in per_seed])
         summary[f"{key}_per_block"] = {
             b: _mean_std([r[f"{key}_per_block"][b] for r in per_seed])
             for b in per_seed[0][f"{key}_per_block"]}
@@ -93,12 +96,21 @@ def summarise_seeds(per_seed: list[dict]) -> dict:
     return summary
 
 
-def evaluate_run(encode_fn, params, adjacency_weights, process, spec_blocks, model_blocks,
-                 data_cfg, eval_cfg) -> dict:
-    """Evaluate all seeds of a run; returns {"per_seed": [...], "summary": {...}, ...}."""
+def evaluate_run(method, params, process, config) -> dict:
+    """Evaluate all seeds (leading axis of ``params``) of a run on held-out samples.
+
+    Returns {"per_seed": [...], "summary": {...}, "oracle_r2_ceiling": ..., ...}.
+    """
+    data_cfg, eval_cfg = config.data, config.eval
+    spec_blocks, model_blocks = process.spec.block_slices, method.latent_blocks
     samples = heldout_samples(process, data_cfg)
+    params = method.fit(params, samples["fit"].x, samples["fit"].z)
+    adjacency_weights = None
+    if method.adjacency(jax.tree_util.tree_map(lambda a: a[0], params)) is not None:
+        adjacency_weights = np.asarray(jax.vmap(method.adjacency)(params))
     batch = int(eval_cfg.batch_size)
-    est = {s: encode_seeds(encode_fn, params, samples[s].x, batch) for s in SPLITS}
+    est = {s: encode_seeds(method.encode, params, samples[s].x, samples[s].z, batch)
+           for s in SPLITS}
     true = {s: np.asarray(samples[s].z, np.float64) for s in SPLITS}
     adjacency = np.asarray(process.adjacency)
     n_seeds = next(iter(est.values())).shape[0]

@@ -55,7 +55,20 @@ def _comparable(spec) -> str:
     return json.dumps(d, sort_keys=True, default=str)
 
 
+def data_layout(spec) -> vae.ModelLayout:
+    """Shapes of the data as generated (all measurements, true latent sizes)."""
+    return vae.ModelLayout(
+        names=tuple(m.name for m in spec.modalities),
+        obs_shapes=tuple(tuple(s) for s in spec.obs_shapes),
+        n_measurements=tuple(spec.n_measurements),
+        latent_dims=tuple(m.latent_dim for m in spec.modalities),
+        eta_dims=tuple(m.eta_dim for m in spec.modalities),
+        shared_dim=int(spec.shared_dim),
+    )
+
+
 def build_layout(spec, model_cfg) -> vae.ModelLayout:
+    """The model's layout: the data's shapes with the model's latent sizes."""
     latent_dims = tuple(int(d) for d in model_cfg.latent_dims) or tuple(
         m.latent_dim for m in spec.modalities)
     eta_dims = tuple(m.eta_dim for m in spec.modalities)
@@ -68,16 +81,4 @@ def build_layout(spec, model_cfg) -> vae.ModelLayout:
         latent_dims=latent_dims,
         eta_dims=eta_dims,
         shared_dim=int(spec.shared_dim),
-    )
-
-
-def build_model(layout: vae.ModelLayout, model_cfg) -> vae.PersonaXVAE:
-    return vae.PersonaXVAE(
-        layout=layout,
-        encoder=model_cfg.encoder,
-        hidden=tuple(int(h) for h in model_cfg.hidden),
-        fusion=model_cfg.fusion,
-        prior=model_cfg.prior,
-        prior_hidden=int(model_cfg.prior_hidden),
-        flow_units=int(model_cfg.flow_units),
     )

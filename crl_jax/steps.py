@@ -13,7 +13,6 @@ import jax.numpy as jnp
 import optax
 from flax.training import train_state
 
-from crl_jax import losses
 
 
 class TrainState(train_state.TrainState):
@@ -38,27 +37,23 @@ def make_optimizer(train_cfg) -> optax.GradientTransformation:
     return optax.chain(optax.clip_by_global_norm(train_cfg.grad_clip), optax.adam(schedule))
 
 
-def create_train_states(model, example_xs, tx, seed: int, num_seeds: int) -> TrainState:
-    """``num_seeds`` replicas stacked on a leading axis; replica i uses seed ``seed + i``."""
+def create_train_states(method, example_xs, tx, seed: int, num_seeds: int) -> TrainState:
+    """``num_seeds`` replicas stacked on a leading axis; replica i folds ``i`` into ``seed``."""
     def init_one(index):
         key = jax.random.fold_in(jax.random.PRNGKey(seed), index)
-        k_params, k_sample, k_rng = jax.random.split(key, 3)
-        params = model.init({"params": k_params, "sample": k_sample}, example_xs)["params"]
-        return TrainState.create(apply_fn=model.apply, params=params, tx=tx, rng=k_rng)
+        k_params, k_rng = jax.random.split(key)
+        params = method.init(k_params, example_xs)
+        return TrainState.create(apply_fn=None, params=params, tx=tx, rng=k_rng)
 
     return jax.vmap(init_one)(jnp.arange(num_seeds))
 
 
-def make_train_step(model, layout, loss_cfg) -> Callable[[TrainState, Any], tuple]:
-    """The per-replica step, vmapped over the seed axis (not jitted here)."""
+def make_train_step(method) -> Callable[[TrainState, Any], tuple]:
+    """The per-replica step of ``method.loss``, vmapped over the seed axis (jit it outside)."""
 
     def single(state: TrainState, xs):
         key = jax.random.fold_in(state.rng, state.step)
-
-        def loss_fn(params):
-            out = model.apply({"params": params}, xs, rngs={"sample": key})
-            return losses.objective(out, xs, layout, loss_cfg)
-
+        loss_fn = lambda params: method.loss(params, xs, key)  # noqa: E731
         (_, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         terms["grad_norm"] = optax.global_norm(grads)
         return state.apply_gradients(grads=grads), terms

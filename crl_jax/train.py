@@ -18,7 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
-from crl_jax import checkpointing, config_validation, experiment, input_pipeline, parallel
+from crl_jax import checkpointing, config_validation, experiment, input_pipeline, methods
+from crl_jax import parallel
 from crl_jax import evaluation, plotting, reporting, steps
 
 
@@ -73,41 +74,43 @@ def _summarise(window: list[dict]) -> dict:
 
 
 def setup(config, workdir: str | None, mesh=None):
-    """Validated objects of a run: (process, layout, model, mesh)."""
+    """Validated objects of a run: (process, method, mesh)."""
     mesh = parallel.make_mesh() if mesh is None else mesh
     config_validation.validate(config, n_devices=mesh.devices.size)
     process = experiment.load_or_make_process(config.data, workdir)
     config_validation.validate_against_spec(config, process.spec)
     layout = experiment.build_layout(process.spec, config.model)
-    model = experiment.build_model(layout, config.model)
-    return process, layout, model, mesh
+    method = methods.build_method(config.model.name, layout, config)
+    return process, method, mesh
 
 
-def init_state(model, layout, config, mesh):
+def init_state(method, config, mesh, data_layout):
     tx = steps.make_optimizer(config.train)
-    state = steps.create_train_states(model, _example_input(layout), tx,
+    state = steps.create_train_states(method, _example_input(data_layout), tx,
                                       int(config.train.seed), int(config.train.num_seeds))
     return jax.device_put(state, parallel.replicated(mesh))
 
 
-def jit_train_step(model, layout, config, mesh):
+def jit_train_step(method, mesh):
     repl, batch = parallel.replicated(mesh), parallel.batch_sharding(mesh)
-    return jax.jit(steps.make_train_step(model, layout, config.loss),
-                   in_shardings=(repl, batch), out_shardings=(repl, repl), donate_argnums=(0,))
+    return jax.jit(steps.make_train_step(method), in_shardings=(repl, batch),
+                   out_shardings=(repl, repl), donate_argnums=(0,))
 
 
-def train(config, workdir: str, process, layout, model, mesh, *, stop_after_step=None):
+def train(config, workdir: str, process, method, mesh, *, stop_after_step=None):
     """Train (or resume) to ``config.train.steps``; returns (state, last step).
 
     ``stop_after_step`` ends the run early after checkpointing that step, as a pre-empted
     job would; rerunning resumes from there.
     """
     t_cfg = config.train
-    state = init_state(model, layout, config, mesh)
+    state = init_state(method, config, mesh, experiment.data_layout(process.spec))
+    if not method.trainable:  # controls fitted on the host at evaluation (PCA, ...)
+        return state, int(t_cfg.steps)
     mngr = checkpointing.manager(workdir, t_cfg.keep_checkpoints)
     state, step = checkpointing.restore_latest(mngr, state)
     total = int(t_cfg.steps)
-    train_step = jit_train_step(model, layout, config, mesh)
+    train_step = jit_train_step(method, mesh)
     batches = input_pipeline.BatchSource(process, config.data, t_cfg,
                                          parallel.batch_sharding(mesh))
     sync_each_step = parallel.needs_step_sync(mesh)
@@ -173,11 +176,11 @@ def train_and_evaluate(config, workdir: str, *, stop_after_step=None) -> dict | 
     (``None`` when stopped early by ``stop_after_step``).
     """
     os.makedirs(workdir, exist_ok=True)
-    process, layout, model, mesh = setup(config, workdir)
+    process, method, mesh = setup(config, workdir)
     with open(os.path.join(workdir, "config.json"), "w") as f:
         f.write(config.to_json_best_effort(indent=1))
     t0 = time.time()
-    state, step = train(config, workdir, process, layout, model, mesh,
+    state, step = train(config, workdir, process, method, mesh,
                         stop_after_step=stop_after_step)
     train_seconds = time.time() - t0
     if step < int(config.train.steps):
@@ -186,7 +189,7 @@ def train_and_evaluate(config, workdir: str, *, stop_after_step=None) -> dict | 
     report = {"model": config.model.name, "preset": process.spec.name,
               "num_seeds": int(config.train.num_seeds), "steps": step,
               "train_seconds": train_seconds, "devices": mesh.devices.size,
-              "evaluation": evaluate_state(model, state.params, process, layout, config)}
+              "evaluation": evaluation.evaluate_run(method, state.params, process, config)}
     report["eval_seconds"] = time.time() - t1
     if config.eval.plots:
         report["figures"] = plotting.all_figures(workdir, report["evaluation"],
@@ -194,15 +197,3 @@ def train_and_evaluate(config, workdir: str, *, stop_after_step=None) -> dict | 
     clean = reporting.write(workdir, report)
     print(reporting.markdown(clean))
     return clean
-
-
-def evaluate_state(model, params, process, layout, config) -> dict:
-    def encode(p, xs):
-        return model.apply({"params": p}, xs, method="encode")["z_mean"]
-
-    def adjacency(p):
-        return model.apply({"params": p}, method="adjacency")
-
-    weights = np.asarray(jax.vmap(adjacency)(params))
-    return evaluation.evaluate_run(encode, params, weights, process, process.spec.block_slices,
-                                   layout.block_slices, config.data, config.eval)

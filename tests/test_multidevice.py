@@ -16,9 +16,9 @@ SCRIPT = textwrap.dedent("""
     results = []
     for devices in (jax.devices()[:1], jax.devices()):
         mesh = parallel.make_mesh(devices)
-        process, layout, model, mesh = train.setup(config, None, mesh=mesh)
-        state = train.init_state(model, layout, config, mesh)
-        step_fn = train.jit_train_step(model, layout, config, mesh)
+        process, method, mesh = train.setup(config, None, mesh=mesh)
+        state = train.init_state(method, config, mesh, method.layout)
+        step_fn = train.jit_train_step(method, mesh)
         batches = input_pipeline.BatchSource(process, config.data, config.train,
                                              parallel.batch_sharding(mesh))
         losses = []

@@ -47,8 +47,8 @@ def test_main_smoke_run_writes_reports_and_plots(tmp_path):
 
 
 def _final_params(config, workdir, stop_after_step=None):
-    process, layout, model, mesh = train.setup(config, str(workdir))
-    state, step = train.train(config, str(workdir), process, layout, model, mesh,
+    process, method, mesh = train.setup(config, str(workdir))
+    state, step = train.train(config, str(workdir), process, method, mesh,
                               stop_after_step=stop_after_step)
     return jax.device_get(state.params), step
 
