@@ -1,9 +1,10 @@
-"""Minibatches from the generative process, produced on device (no host round trip).
+"""Minibatches produced on device (no host round trip), one array per modality (S, B, K, *obs).
 
-``train_size == 0``: every step draws fresh samples from the process. ``train_size > 0``:
-a fixed training set is drawn once and each step gathers a random minibatch from it. The
-batch of step ``t`` is a pure function of ``(train.seed, t)``, so a resumed run sees the
-same batches as an uninterrupted one. Shapes: one array per modality, (S, B, K, *obs).
+``BatchSource.from_process``: with ``data.train_size == 0`` every step draws fresh samples
+from the generative process; with ``train_size > 0`` a fixed training set is drawn once.
+``BatchSource.from_arrays``: a fixed training set given as arrays (real data). The batch of
+step ``t`` is a pure function of ``(train.seed, t)``, so a resumed run sees the same batches
+as an uninterrupted one.
 """
 from __future__ import annotations
 
@@ -15,30 +16,41 @@ _BATCH_SALT = 0xBA7C
 
 
 class BatchSource:
-    def __init__(self, process, data_cfg, train_cfg, sharding):
+    """``source(step) -> tuple of (S, B, K_m, *obs) arrays`` sharded by ``sharding``."""
+
+    def __init__(self, make, train_set, train_cfg, sharding):
         self.num_seeds = int(train_cfg.num_seeds)
         self.batch_size = int(train_cfg.batch_size)
-        self.train_size = int(data_cfg.train_size)
+        self.train_set = train_set
         self._key = jax.random.fold_in(jax.random.PRNGKey(int(train_cfg.seed)), _BATCH_SALT)
         s, b = self.num_seeds, self.batch_size
 
-        def split_seeds(xs):
-            return tuple(x.reshape((s, b) + x.shape[1:]) for x in xs)
+        def make_split(key, data):
+            return tuple(x.reshape((s, b) + x.shape[1:]) for x in make(key, s * b, data))
 
-        self.train_set = ()
-        if self.train_size == 0:
-            def make(key, _unused):
-                return split_seeds(process.sample(key, s * b).x)
-        else:
-            train_key = jax.random.fold_in(
-                jax.random.PRNGKey(int(train_cfg.seed)), _TRAIN_SET_SALT)
-            self.train_set = process.sample(train_key, self.train_size).x
+        self._make = jax.jit(make_split, out_shardings=sharding)
 
-            def make(key, train_set):
-                idx = jax.random.randint(key, (s * b,), 0, self.train_size)
-                return split_seeds(tuple(jnp.take(x, idx, axis=0) for x in train_set))
+    @classmethod
+    def from_process(cls, process, data_cfg, train_cfg, sharding) -> "BatchSource":
+        train_size = int(data_cfg.train_size)
+        if train_size == 0:
+            return cls(lambda key, n, _: process.sample(key, n).x, (), train_cfg, sharding)
+        key = jax.random.fold_in(jax.random.PRNGKey(int(train_cfg.seed)), _TRAIN_SET_SALT)
+        return cls.from_arrays(process.sample(key, train_size).x, train_cfg, sharding)
 
-        self._make = jax.jit(make, out_shardings=sharding)
+    @classmethod
+    def from_arrays(cls, xs, train_cfg, sharding) -> "BatchSource":
+        xs = tuple(jnp.asarray(x) for x in xs)
+        n = xs[0].shape[0]
+        if any(x.shape[0] != n for x in xs):
+            raise ValueError(f"training arrays disagree on the number of rows: "
+                             f"{[x.shape[0] for x in xs]}")
+
+        def gather(key, size, data):
+            idx = jax.random.randint(key, (size,), 0, n)
+            return tuple(jnp.take(x, idx, axis=0) for x in data)
+
+        return cls(gather, xs, train_cfg, sharding)
 
     def __call__(self, step: int):
         return self._make(jax.random.fold_in(self._key, step), self.train_set)

@@ -97,22 +97,22 @@ def jit_train_step(method, mesh):
                    out_shardings=(repl, repl), donate_argnums=(0,))
 
 
-def train(config, workdir: str, process, method, mesh, *, stop_after_step=None):
+def train(config, workdir: str, method, mesh, batches, data_layout, *,
+          stop_after_step=None):
     """Train (or resume) to ``config.train.steps``; returns (state, last step).
 
-    ``stop_after_step`` ends the run early after checkpointing that step, as a pre-empted
-    job would; rerunning resumes from there.
+    ``batches``: an :class:`input_pipeline.BatchSource`; ``data_layout``: the shapes of the
+    data it yields. ``stop_after_step`` ends the run early after checkpointing that step, as
+    a pre-empted job would; rerunning resumes from there.
     """
     t_cfg = config.train
-    state = init_state(method, config, mesh, experiment.data_layout(process.spec))
+    state = init_state(method, config, mesh, data_layout)
     if not method.trainable:  # controls fitted on the host at evaluation (PCA, ...)
         return state, int(t_cfg.steps)
     mngr = checkpointing.manager(workdir, t_cfg.keep_checkpoints)
     state, step = checkpointing.restore_latest(mngr, state)
     total = int(t_cfg.steps)
     train_step = jit_train_step(method, mesh)
-    batches = input_pipeline.BatchSource(process, config.data, t_cfg,
-                                         parallel.batch_sharding(mesh))
     sync_each_step = parallel.needs_step_sync(mesh)
     writer = _SummaryWriter(workdir)
     bar = tqdm.tqdm(total=total, initial=step, disable=not t_cfg.progress,
@@ -180,8 +180,10 @@ def train_and_evaluate(config, workdir: str, *, stop_after_step=None) -> dict | 
     with open(os.path.join(workdir, "config.json"), "w") as f:
         f.write(config.to_json_best_effort(indent=1))
     t0 = time.time()
-    state, step = train(config, workdir, process, method, mesh,
-                        stop_after_step=stop_after_step)
+    batches = input_pipeline.BatchSource.from_process(process, config.data, config.train,
+                                                      parallel.batch_sharding(mesh))
+    state, step = train(config, workdir, method, mesh, batches,
+                        experiment.data_layout(process.spec), stop_after_step=stop_after_step)
     train_seconds = time.time() - t0
     if step < int(config.train.steps):
         return None

@@ -19,8 +19,8 @@ SCRIPT = textwrap.dedent("""
         process, method, mesh = train.setup(config, None, mesh=mesh)
         state = train.init_state(method, config, mesh, method.layout)
         step_fn = train.jit_train_step(method, mesh)
-        batches = input_pipeline.BatchSource(process, config.data, config.train,
-                                             parallel.batch_sharding(mesh))
+        batches = input_pipeline.BatchSource.from_process(
+            process, config.data, config.train, parallel.batch_sharding(mesh))
         losses = []
         for step in range(3):
             batch = batches(step)

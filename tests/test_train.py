@@ -10,7 +10,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import synthetic as synthetic_config
-from crl_jax import config_validation, train
+from crl_jax import config_validation, experiment, input_pipeline, parallel, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -48,7 +48,10 @@ def test_main_smoke_run_writes_reports_and_plots(tmp_path):
 
 def _final_params(config, workdir, stop_after_step=None):
     process, method, mesh = train.setup(config, str(workdir))
-    state, step = train.train(config, str(workdir), process, method, mesh,
+    batches = input_pipeline.BatchSource.from_process(
+        process, config.data, config.train, parallel.batch_sharding(mesh))
+    state, step = train.train(config, str(workdir), method, mesh, batches,
+                              experiment.data_layout(process.spec),
                               stop_after_step=stop_after_step)
     return jax.device_get(state.params), step
 
