@@ -12,6 +12,7 @@ def base_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
 
     config.data = ml_collections.ConfigDict()
+    config.data.source = "synthetic"           # "synthetic" or "personax" (a local table)
     config.data.preset = "numerical_case1"     # a name in synthetic.PRESETS
     config.data.n_measurements = 3             # K per modality (numerical presets)
     config.data.shared_dim = 0                 # dims of the latent shared by all modalities

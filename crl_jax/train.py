@@ -175,6 +175,13 @@ def train_and_evaluate(config, workdir: str, *, stop_after_step=None) -> dict | 
     ``report.json``, ``report.md`` and figures into ``workdir``; returns the report dict
     (``None`` when stopped early by ``stop_after_step``).
     """
+    source = config.data.get("source", "synthetic")
+    if source == "personax":
+        from crl_jax import personax_crl  # real-data pipeline (no ground truth)
+        return personax_crl.train_and_evaluate(config, workdir, stop_after_step=stop_after_step)
+    if source != "synthetic":
+        raise config_validation.ConfigError(
+            f"config.data.source: {source!r} is not 'synthetic' or 'personax'")
     os.makedirs(workdir, exist_ok=True)
     process, method, mesh = setup(config, workdir)
     with open(os.path.join(workdir, "config.json"), "w") as f:
