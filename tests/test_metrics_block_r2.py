@@ -80,15 +80,16 @@ def test_linear_matches_ordinary_least_squares():
     assert res.params["alpha"] == 0.0
 
 
-def test_kernel_with_all_landmarks_equals_exact_kernel_ridge():
+@pytest.mark.parametrize("d", [3, 40])  # both distance code paths (direct <= 32 < BLAS)
+def test_kernel_with_all_landmarks_equals_exact_kernel_ridge(d):
     rng = np.random.default_rng(4)
-    x = _splits(n_train=300, n_val=100, n_test=300, d=3, seed=4)
+    x = _splits(n_train=300, n_val=100, n_test=300, d=d, seed=4)
     y = _map(x, lambda v: _nonlinear_target(v, rng))
-    grid = {"gamma": [0.4], "alpha": [0.5]}
+    grid = {"gamma": [1.2 / d], "alpha": [0.5]}
     res = fit_predict_r2(x["train"], y["train"], x["val"], y["val"], x["test"], y["test"], kind="kernel", grid=grid)
     assert res.params["n_components"] == 300
     xs, ys = _standardise(x["train"], x["test"]), _standardise(y["train"], y["test"])
-    exact = KernelRidge(kernel="rbf", gamma=0.4, alpha=0.5).fit(xs[0], ys[0])
+    exact = KernelRidge(kernel="rbf", gamma=1.2 / d, alpha=0.5).fit(xs[0], ys[0])
     assert res.r2 == pytest.approx(r2_score(ys[1], exact.predict(xs[1])), abs=1e-6)
 
 
