@@ -232,3 +232,22 @@ def test_block_functions_bad_input():
         block_identifiability(true, true, BLOCKS, est_blocks={"x": slice(0, 2)})
     with pytest.raises(ValueError, match="kind"):
         oracle_ceiling(true, BLOCKS, kind="rbf")
+
+
+def test_large_n_gamma_search_on_subset_then_full_refit(monkeypatch):
+    import crl_jax.metrics.block_r2 as block_r2
+
+    rng = np.random.default_rng(12)
+    x = _splits(n_train=1200, n_val=400, n_test=400, d=3, seed=12)
+    y = _map(x, lambda v: _nonlinear_target(v, rng))
+    args = [a for k in ("train", "val", "test") for a in (x[k], y[k])]
+    full = fit_predict_r2(*args, kind="kernel", n_components=300)
+    assert "gamma_search_rows" not in full.params
+    monkeypatch.setattr(block_r2, "GAMMA_SEARCH_ROWS", 300)
+    sub = fit_predict_r2(*args, kind="kernel", n_components=300)
+    assert sub.params["gamma_search_rows"] == (300, 300)
+    # the final model is the full fit restricted to the gamma the subset chose
+    alphas = list(block_r2.DEFAULT_ALPHAS)
+    refit = fit_predict_r2(*args, kind="kernel", n_components=300, grid={"gamma": [sub.params["gamma"]], "alpha": alphas})
+    assert sub.r2 == pytest.approx(refit.r2, abs=1e-12) and sub.params["alpha"] == refit.params["alpha"]
+    assert sub.r2 > full.r2 - 0.02

@@ -13,7 +13,10 @@ Pipeline (the same for every call):
    intercept, on centred targets) with the Nystroem kernel, same ``gamma`` and ``alpha``.
 3. Hyper-parameters (gamma, alpha) are chosen on the VALIDATION split by a grid; the test
    split is only scored. Default grid: ``gamma in {1/8, 1/4, 1/2, 1, 2, 4} / d_in`` (d_in =
-   input dimension, inputs standardised) and ``alpha in {1e-6, 1e-5, ..., 1e3}``.
+   input dimension, inputs standardised) and ``alpha in {1e-6, 1e-5, ..., 1e3}``. Above
+   ``GAMMA_SEARCH_ROWS`` (20,000) train or validation rows, gamma is chosen on a seeded
+   random subset of 20,000 train and 20,000 validation rows, then refitted on all train rows
+   with alpha chosen on all validation rows (reported in ``params["gamma_search_rows"]``).
 4. Reported R^2 is on the TEST split: per target dimension ``1 - SSE / SST`` (SST around the
    test mean, as ``sklearn.metrics.r2_score``; it may be negative), then the UNIFORM average
    over target dimensions. A target dimension with zero test variance scores 1 if predicted
@@ -40,6 +43,7 @@ SPLITS = ("train", "val", "test")
 DEFAULT_GAMMA_SCALES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0)  # times 1 / d_in
 DEFAULT_ALPHAS = tuple(10.0 ** np.arange(-6, 4))
 _CHUNK = 8192
+GAMMA_SEARCH_ROWS = 20000  # kernel: gamma chosen on at most this many train/val rows
 _PIVOT_TOL = 1e-10  # residual-variance cut-off of the landmark kernel's pivoted Cholesky
 
 
@@ -153,16 +157,13 @@ def _r2_per_dim(sse: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.where(sst > 0, 1.0 - sse / safe, np.where(sse == 0, 1.0, 0.0))
 
 
-def _sse(features, weights: list[np.ndarray], x: np.ndarray, y: np.ndarray, settings=None) -> np.ndarray:
-    """Sum of squared errors per (setting, alpha, target) for weights[s] of shape (A, p, t).
-
-    Only ``settings`` (default all) are evaluated; the other rows of the result stay 0.
-    """
-    n_alpha, t = weights[0].shape[0], y.shape[1]
+def _sse(features, weights: dict[int, np.ndarray], x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Sum of squared errors (S, A, t) for ``weights[s]`` of shape (A, p_s, t); absent s stay 0."""
+    n_alpha, t = next(iter(weights.values())).shape[0], y.shape[1]
     # (p, A * t) so each chunk needs one well-shaped matrix product instead of A skinny ones
-    flat = [w.transpose(1, 0, 2).reshape(w.shape[1], n_alpha * t) for w in weights]
+    flat = {s: w.transpose(1, 0, 2).reshape(w.shape[1], n_alpha * t) for s, w in weights.items()}
     out = np.zeros((len(features.settings), n_alpha, t))
-    for rows, s, phi in features.chunks(x, settings):
+    for rows, s, phi in features.chunks(x, sorted(weights)):
         resid = (phi @ flat[s]).reshape(-1, n_alpha, t) - y[rows][:, None, :]
         out[s] += np.einsum("naj,naj->aj", resid, resid)
     return out
@@ -174,35 +175,45 @@ def _ridge_select(
     y_tr: np.ndarray,
     x_va: np.ndarray,
     y_va: np.ndarray,
-    x_te: np.ndarray,
-    y_te: np.ndarray,
     groups: Sequence[np.ndarray],
     alphas: np.ndarray,
+    allowed: Sequence[Sequence[int]] | None = None,
+    test: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> list[dict]:
-    """Ridge on ``features`` for every (setting, alpha); choose per target group on val; score test."""
+    """Ridge on ``features`` for every (setting, alpha); per target group, choose on val.
+
+    ``allowed[g]`` restricts the settings (gammas) group g may choose from (default all);
+    only settings some group may use are fitted. With ``test=(x_te, y_te)`` the chosen
+    model of each group is scored there ("r2").
+    """
     n_set = len(features.settings)
-    gram: list[np.ndarray] = [None] * n_set  # type: ignore[list-item]
-    cross: list[np.ndarray] = [None] * n_set  # type: ignore[list-item]
-    for rows, s, phi in features.chunks(x_tr):
+    allowed = [list(range(n_set))] * len(groups) if allowed is None else [list(a) for a in allowed]
+    fitted = sorted({s for a in allowed for s in a})
+    gram: dict[int, np.ndarray] = {}
+    cross: dict[int, np.ndarray] = {}
+    for rows, s, phi in features.chunks(x_tr, fitted):
         g = phi.T @ phi  # numpy dispatches a.T @ a to a symmetric rank-k update
         with threadpool_limits(limits=1, user_api="blas"):  # skinny product: threads only hurt
             c = phi.T @ y_tr[rows]
-        gram[s] = g if gram[s] is None else gram[s] + g
-        cross[s] = c if cross[s] is None else cross[s] + c
+        gram[s] = gram[s] + g if s in gram else g
+        cross[s] = cross[s] + c if s in cross else c
     solve = _ridge_pinv if isinstance(features, _LinearFeatures) else _ridge_cholesky
-    weights = [solve(gram[s], cross[s], alphas) for s in range(n_set)]  # each (A, p_s, t)
+    weights = {s: solve(gram[s], cross[s], alphas) for s in fitted}  # each (A, p_s, t)
     r2_val = _r2_per_dim(_sse(features, weights, x_va, y_va), y_va)  # (S, A, t)
     results = []
-    for idx in groups:
-        score = r2_val[:, :, idx].mean(axis=2)
+    for idx, ok in zip(groups, allowed):
+        score = np.full(r2_val.shape[:2], -np.inf)
+        score[ok] = r2_val[ok][:, :, idx].mean(axis=2)
         s, a = np.unravel_index(np.argmax(score), score.shape)
         results.append({"setting": int(s), "alpha_index": int(a), "val_r2": float(score[s, a]), "idx": idx})
+    if test is None:
+        return results
+    x_te, y_te = test
     # Score the chosen models only: one weight column block per target, zero elsewhere.
-    chosen = [np.zeros(w.shape[1:]) for w in weights]
+    chosen = {res["setting"]: np.zeros((1,) + weights[res["setting"]].shape[1:]) for res in results}
     for res in results:
-        chosen[res["setting"]][:, res["idx"]] = weights[res["setting"]][res["alpha_index"]][:, res["idx"]]
-    used = sorted({res["setting"] for res in results})
-    sse_te = _sse(features, [c[None] for c in chosen], x_te, y_te, used)[:, 0]  # (S, t)
+        chosen[res["setting"]][0][:, res["idx"]] = weights[res["setting"]][res["alpha_index"]][:, res["idx"]]
+    sse_te = _sse(features, chosen, x_te, y_te)[:, 0]  # (S, t)
     for res in results:
         per_dim = _r2_per_dim(sse_te[res["setting"], res["idx"]], y_te[:, res["idx"]])
         res["r2"] = float(per_dim.mean())
@@ -267,15 +278,31 @@ def _make_features(kind: str, x_tr: np.ndarray, n_components: int, seed: int, ga
 
 
 def _fit_groups(xs, ys, groups, kind: str, n_components: int, seed: int, grid) -> list[R2Result]:
-    """Regress the groups of columns of ys from xs (both already validated 3-tuples)."""
+    """Regress the groups of columns of ys from xs (both already validated 3-tuples).
+
+    Kernel with more than ``GAMMA_SEARCH_ROWS`` train (or validation) rows: gamma is chosen
+    on a seeded random subset of that many train and validation rows, then the chosen gamma
+    is refitted on all train rows and alpha chosen on all validation rows. Below that size
+    every (gamma, alpha) is fitted on everything.
+    """
     x_tr, x_va, x_te = _standardise(*xs)
     y_tr, y_va, y_te = _standardise(*ys)
     gammas, alphas = _resolve_grid(kind, grid, x_tr.shape[1])
     features = _make_features(kind, x_tr, n_components, seed, gammas)
-    raw = _ridge_select(features, x_tr, y_tr, x_va, y_va, x_te, y_te, groups, alphas)
+    allowed, search_rows = None, None
+    big = max(x_tr.shape[0], x_va.shape[0]) > GAMMA_SEARCH_ROWS
+    if kind == "kernel" and len(gammas) > 1 and big:
+        rng = np.random.default_rng([seed, 1])
+        tr = rng.permutation(x_tr.shape[0])[:GAMMA_SEARCH_ROWS]
+        va = rng.permutation(x_va.shape[0])[:GAMMA_SEARCH_ROWS]
+        search = _ridge_select(features, x_tr[tr], y_tr[tr], x_va[va], y_va[va], groups, alphas)
+        allowed, search_rows = [[res["setting"]] for res in search], (tr.size, va.size)
+    raw = _ridge_select(features, x_tr, y_tr, x_va, y_va, groups, alphas, allowed=allowed, test=(x_te, y_te))
     out = []
     for res in raw:
         params = {"kind": kind, "alpha": float(alphas[res["alpha_index"]]), "val_r2": res["val_r2"]}
+        if search_rows is not None:
+            params["gamma_search_rows"] = search_rows
         on_edge = alphas.size > 1 and res["alpha_index"] in (0, alphas.size - 1)
         if kind == "kernel":
             params.update(gamma=gammas[res["setting"]], n_components=int(features.landmarks.shape[0]))
