@@ -43,7 +43,7 @@ def is_acyclic(adjacency: np.ndarray) -> bool:
 def sample_graph(key: jax.Array, spec: "Spec") -> np.ndarray:
     """Random sparse DAG allowed by `spec.allowed_edges_mask()`, deterministic in `key`.
 
-    - within each modality: a random causal order (permutation drawn from the key); each
+    - within each modality: a random causal order (ranks of uniforms drawn from the key); each
       pair consistent with it is an edge with probability `spec.edge_prob`;
     - s -> each modality latent with probability `spec.edge_prob`;
     - exactly `spec.resolved_n_cross_edges` earlier -> later modality edges, at least one
@@ -53,21 +53,16 @@ def sample_graph(key: jax.Array, spec: "Spec") -> np.ndarray:
     """
     d = spec.latent_dim
     blocks = spec.block_ids()
-    k_perm, k_within, k_shared, k_cross = jax.random.split(key, 4)
-
-    # Rank of each latent in its modality's random causal order.
-    rank = np.zeros(d, dtype=np.int64)
-    for i, sl in enumerate(spec.block_slices[m.name] for m in spec.modalities):
-        perm = np.asarray(jax.random.permutation(jax.random.fold_in(k_perm, i), sl.stop - sl.start))
-        rank[sl.start + perm] = np.arange(perm.size)
+    # All randomness in one draw: [order scores, within-edge, s-edge, cross-edge] uniforms.
+    u = np.asarray(jax.random.uniform(key, (4, d, d)), dtype=np.float64)
+    order_score = u[0, 0]
     child_b, parent_b = blocks[:, None], blocks[None, :]
-    within_ok = (child_b == parent_b) & (child_b >= 0) & (rank[None, :] < rank[:, None])
-    u_within = np.asarray(jax.random.uniform(k_within, (d, d)))
-    u_shared = np.asarray(jax.random.uniform(k_shared, (d, d)))
-    adj = (within_ok & (u_within < spec.edge_prob)) | ((parent_b == -1) & (child_b >= 0) & (u_shared < spec.edge_prob))
+    # Random causal order inside each modality: parent must have a smaller random score.
+    within_ok = (child_b == parent_b) & (child_b >= 0) & (order_score[None, :] < order_score[:, None])
+    adj = (within_ok & (u[1] < spec.edge_prob)) | ((parent_b == -1) & (child_b >= 0) & (u[2] < spec.edge_prob))
 
     cross = spec.cross_edges_mask()
-    scores = np.where(cross, np.asarray(jax.random.uniform(k_cross, (d, d))), -np.inf)
+    scores = np.where(cross, u[3], -np.inf)
     chosen = np.zeros((d, d), dtype=bool)
     for m in range(1, len(spec.modalities)):
         s_m = np.where(blocks[:, None] == m, scores, -np.inf)

@@ -32,12 +32,12 @@ def sample_noise(key: jax.Array, shape: tuple[int, ...], noise: str) -> jax.Arra
     raise ValueError(f"noise={noise!r} is unknown; use 'gaussian', 'laplace' or 'uniform'.")
 
 
-def _init_weights(key: jax.Array, adjacency: np.ndarray, mechanism: str) -> dict[str, jax.Array]:
+def _init_weights(key: jax.Array, adjacency: jax.Array, mechanism: str) -> dict[str, jax.Array]:
     d = adjacency.shape[0]
     k1, k2, k3 = jax.random.split(key, 3)
     if mechanism == "mlp":
-        n_pa = np.maximum(adjacency.sum(axis=1), 1).astype(np.float32)
-        w1_scale = jnp.asarray(_PRE_ACT_SCALE / np.sqrt(n_pa))[:, None, None]
+        n_pa = jnp.maximum(adjacency.sum(axis=1), 1).astype(jnp.float32)
+        w1_scale = (_PRE_ACT_SCALE / jnp.sqrt(n_pa))[:, None, None]
         return {
             "w1": jax.random.normal(k1, (d, d, HIDDEN)) * w1_scale,  # [child, parent, hidden]
             "b1": jax.random.uniform(k2, (d, HIDDEN), minval=-1.0, maxval=1.0),
@@ -99,22 +99,25 @@ def forward(params: dict[str, jax.Array], eps: jax.Array, adjacency: jax.Array, 
 
 
 @functools.partial(jax.jit, static_argnames=("mechanism", "noise", "noise_scale"))
-def _calibrate(params, key, adjacency, order, mechanism: str, noise: str, noise_scale: float):
-    eps = sample_noise(key, (CALIBRATION_SIZE, adjacency.shape[0]), noise)
-    _, mean, std = forward(params, eps, adjacency, order, mechanism, noise_scale, calibrate=True)
-    return mean, std
-
-
-def make_scm_params(key: jax.Array, adjacency: np.ndarray, order: np.ndarray, mechanism: str, noise: str,
-                    noise_scale: float) -> dict[str, jax.Array]:
-    """Mechanism weights plus per-node standardisation constants (`mean`, `std`, shape (D,))."""
+def _make_params(key, adjacency, order, mechanism: str, noise: str, noise_scale: float):
+    """One compiled call per (D, mechanism, noise, noise_scale): weights, then calibration."""
     k_w, k_cal = jax.random.split(key)
     params = _init_weights(k_w, adjacency, mechanism)
     d = adjacency.shape[0]
     if mechanism == "copy":
         params.update(mean=jnp.zeros(d), std=jnp.ones(d))
         return params
-    mean, std = _calibrate(params, k_cal, jnp.asarray(adjacency), jnp.asarray(order), mechanism=mechanism,
-                           noise=noise, noise_scale=float(noise_scale))
+    eps = sample_noise(k_cal, (CALIBRATION_SIZE, d), noise)
+    _, mean, std = forward(params, eps, adjacency, order, mechanism, noise_scale, calibrate=True)
     params.update(mean=mean, std=std)
     return params
+
+
+def make_scm_params(key: jax.Array, adjacency: np.ndarray, order: np.ndarray, mechanism: str, noise: str,
+                    noise_scale: float) -> dict[str, jax.Array]:
+    """Mechanism weights plus per-node standardisation constants (`mean`, `std`, shape (D,)),
+    the latter the signal statistics of a CALIBRATION_SIZE batch drawn from the key."""
+    if mechanism not in ("mlp", "additive", "copy"):
+        raise ValueError(f"mechanism={mechanism!r} is unknown; use 'mlp', 'additive' or 'copy'.")
+    return _make_params(key, jnp.asarray(adjacency, jnp.int32), jnp.asarray(order, jnp.int32),
+                        mechanism=mechanism, noise=noise, noise_scale=float(noise_scale))

@@ -96,12 +96,18 @@ def make_mixing_params(key: jax.Array, n_measurements: int, n_in: int, obs_dim: 
     k_w, k_l = jax.random.split(key)
     params = {"weights": sample_layers(k_w, (n_measurements, depth), n_in, threshold, count)}
     if obs_dim > n_in:
-        g = jax.random.normal(k_l, (n_measurements, obs_dim, n_in))
-        q, r = jnp.linalg.qr(g)
-        params["lift"] = q * jnp.sign(jnp.diagonal(r, axis1=-2, axis2=-1))[:, None, :]
+        params["lift"] = _lift(k_l, n_measurements, obs_dim, n_in)
     return params
 
 
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def _lift(key: jax.Array, k: int, obs_dim: int, n_in: int) -> jax.Array:
+    """(k, obs_dim, n_in) matrices with orthonormal columns (QR of Gaussians, sign-fixed)."""
+    q, r = jnp.linalg.qr(jax.random.normal(key, (k, obs_dim, n_in)))
+    return q * jnp.sign(jnp.diagonal(r, axis1=-2, axis2=-1))[:, None, :]
+
+
+@jax.jit
 def mix_one(weights: jax.Array, lift: jax.Array | None, u: jax.Array) -> jax.Array:
     """One measurement's g: u (..., n_in) -> x (..., obs_dim)."""
     h = u
@@ -112,6 +118,7 @@ def mix_one(weights: jax.Array, lift: jax.Array | None, u: jax.Array) -> jax.Arr
     return h if lift is None else jnp.matmul(h, lift.T, precision=_HI)
 
 
+@jax.jit
 def unmix_one(weights: jax.Array, lift: jax.Array | None, x: jax.Array) -> jax.Array:
     """Exact inverse of `mix_one` on its image: x (..., obs_dim) -> u (..., n_in)."""
     if lift is None:

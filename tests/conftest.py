@@ -1,0 +1,18 @@
+"""Shared test configuration. Other helpers may add fixtures here."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# MNIST / Fashion-MNIST IDX files: $CRL_JAX_DATA_DIR, else ../shared/data from the repository root.
+DATA_DIR = Path(os.environ.get("CRL_JAX_DATA_DIR") or REPO_ROOT.parent / "shared" / "data").resolve()
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """Folder holding mnist/ and fashion-mnist/ IDX gzip files (read-only; never downloaded)."""
+    return DATA_DIR
