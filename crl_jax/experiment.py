@@ -20,7 +20,8 @@ def spec_overrides(data_cfg) -> dict:
         return {"n_measurements": int(data_cfg.n_measurements),
                 "shared_dim": int(data_cfg.shared_dim)}
     if preset.startswith("variant_mnist"):
-        out = {"image_size": int(data_cfg.image_size)}
+        out = {"image_size": int(data_cfg.image_size),
+               "n_measurements": int(data_cfg.n_measurements)}
         if data_cfg.data_dir:
             out["data_dir"] = str(data_cfg.data_dir)
         return out

@@ -15,7 +15,7 @@ LAYOUTS = {
     "two_vector": ModelLayout(("a", "b"), ((7,), (8,)), (3, 3), (2, 2), (1, 1), 0),
     "uneven_shared": ModelLayout(("a", "b", "c"), ((5,), (9,), (4,)), (1, 2, 5), (2, 3, 1),
                                  (1, 0, 2), 2),
-    "images": ModelLayout(("digit", "fashion"), ((8, 8, 3), (8, 8, 1)), (3, 1), (2, 2),
+    "images": ModelLayout(("digit", "fashion"), ((14, 14, 3), (14, 14, 1)), (3, 1), (2, 2),
                           (0, 0), 0),
 }
 

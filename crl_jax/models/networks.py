@@ -88,14 +88,12 @@ class MeasurementDecoder(nn.Module):
         n_out = int(np.prod(self.obs_shape))
         if self.kind == "conv" and len(self.obs_shape) == 3:
             height, width, channels = self.obs_shape
-            if height % 4 or width % 4:
-                raise ValueError(f"model.encoder='conv' needs image sides divisible by 4, got "
-                                 f"{self.obs_shape}")
-            h = MLP(tuple(reversed(self.hidden)) + (64 * (height // 4) * (width // 4),))(code)
-            h = nn.leaky_relu(h, 0.2).reshape(code.shape[0], height // 4, width // 4, 64)
+            h0, w0 = -(-height // 4), -(-width // 4)   # upsample x4, then crop to size
+            h = MLP(tuple(reversed(self.hidden)) + (64 * h0 * w0,))(code)
+            h = nn.leaky_relu(h, 0.2).reshape(code.shape[0], h0, w0, 64)
             h = nn.leaky_relu(nn.ConvTranspose(32, (4, 4), strides=(2, 2))(h), 0.2)
             out = nn.ConvTranspose(channels, (4, 4), strides=(2, 2))(h)
-            return out
+            return out[:, :height, :width, :]
         out = MLP(tuple(reversed(self.hidden)) + (n_out,))(code)
         return out.reshape((code.shape[0],) + tuple(self.obs_shape))
 

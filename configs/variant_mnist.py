@@ -1,0 +1,51 @@
+"""PersonaX on variant MNIST with 3 colour measurements (PersonaX synthetic experiment).
+
+Modality 1: an MNIST digit whose horizontal position (z11) and transparency (z12) are
+latents, drawn in 3 colours (3 measurements); modality 2: a Fashion-MNIST item whose
+vertical position (z21) and grey level (z22) are latents; z11 -> z12, z11 -> z21 -> z22.
+
+Run (the IDX files of MNIST and Fashion-MNIST in DIR/mnist and DIR/fashion-mnist, or set
+CRL_JAX_DATA_DIR; this repository's CI uses ../shared/data):
+
+    python -m crl_jax.main --config=configs/variant_mnist.py \
+        --config.data.data_dir=../shared/data --workdir=/tmp/vmnist
+
+Variants: ``:smoke`` (tiny, 14x14 images, seconds; used by the tests), ``:small`` (14x14
+images, a CPU-friendly budget). Expected result: see docs/RESULTS.md for measured numbers.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from configs import default
+from configs.synthetic import apply_smoke
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    parts = [p for p in (arg or "").split(",") if p]
+    unknown = set(parts) - {"smoke", "small"}
+    if unknown:
+        raise ValueError(f"unknown variant(s) {sorted(unknown)} of configs/variant_mnist.py; "
+                         f"choose from ['small', 'smoke']")
+    config = default.base_config()
+    config.data.preset = "variant_mnist_3m"
+    config.data.n_measurements = 3
+    config.data.image_size = 28
+    config.model.encoder = "conv"
+    config.model.hidden = (256,)
+    config.loss.recon_std = 0.1
+    config.train.batch_size = 128
+    config.train.steps = 6000
+    config.train.learning_rate = 5e-4
+    config.data.eval_fit_size = 4000
+    config.data.val_size = 2000
+    config.data.test_size = 4000
+    config.eval.batch_size = 500
+    if "small" in parts:
+        config.data.image_size = 14
+    if "smoke" in parts:
+        apply_smoke(config)
+        config.data.image_size = 14
+        config.model.hidden = (32,)
+        config.train.batch_size = 16
+    return config
