@@ -4,7 +4,7 @@ Only parses flags and calls :func:`crl_jax.train.train_and_evaluate`.
 """
 from __future__ import annotations
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from crl_jax import parallel, train
@@ -20,6 +20,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)  # keep Orbax's per-save INFO lines off the console
     parallel.maybe_initialize_distributed()
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
