@@ -16,3 +16,11 @@ DATA_DIR = Path(os.environ.get("CRL_JAX_DATA_DIR") or REPO_ROOT.parent / "shared
 def data_dir() -> Path:
     """Folder holding mnist/ and fashion-mnist/ IDX gzip files (read-only; never downloaded)."""
     return DATA_DIR
+
+
+# One persistent XLA compilation cache for the whole test session (all xdist workers and the
+# subprocesses they start): identical train steps compiled by several tests are compiled once.
+_CACHE = Path(os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR", str(Path(os.environ.get("TMPDIR", "/tmp")) / "crl_jax_test_xla_cache")))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
