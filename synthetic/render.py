@@ -60,7 +60,7 @@ def _interp_matrix(offset: jax.Array, scale: float) -> jax.Array:
 def warp(images: jax.Array, dx: jax.Array, dy: jax.Array, scale: float = 1.0) -> jax.Array:
     """Scale about the centre, then translate by (dx, dy) px: (n, 28, 28) -> (n, 28, 28)."""
     ry, rx = _interp_matrix(dy, scale), _interp_matrix(dx, scale)
-    return jnp.einsum("nri,nij,ncj->nrc", ry, images, rx)
+    return jnp.einsum("nri,nij,ncj->nrc", ry, images, rx, precision=jax.lax.Precision.HIGHEST)
 
 
 def downsample(images: jax.Array, image_size: int) -> jax.Array:

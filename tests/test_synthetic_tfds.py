@@ -28,35 +28,37 @@ def _expected(preset: str, seed: int, split_index: int, n: int, chunk: int, **ov
 
 def test_prepare_offline_and_read_back_identical(tmp_path):
     # In /work/venv TensorFlow is not installed: writing array_record and tfds.data_source work without it.
-    builder = tfds_builder.prepare("numerical_case1", str(tmp_path), seed=7, n_train=300, n_validation=0,
-                                   n_test=40, chunk=128, shared_dim=1)
+    # numerical_case3 with shared_dim=2 and chunk 2048: the (spec, n) the process tests compile too
+    builder = tfds_builder.prepare("numerical_case3", str(tmp_path), seed=7, n_train=300, n_validation=0,
+                                   n_test=40, chunk=2048, shared_dim=2)
     name = builder.builder_config.name
-    assert name.startswith("numerical_case1_s7_n300-0-40_c128_")
+    assert name.startswith("numerical_case3_s7_n300-0-40_c2048_")
     files = sorted(p.name for p in (tmp_path / "crl_synthetic" / name / "1.0.0").iterdir())
     assert any(f.startswith("crl_synthetic-train.array_record") for f in files)
     assert not any("tfrecord" in f for f in files)
     assert set(builder.info.splits.keys()) == {"train", "test"}
 
     for split, split_index, n in (("train", 0, 300), ("test", 2, 40)):
-        expected = _expected("numerical_case1", 7, split_index, n, 128, shared_dim=1)
+        expected = _expected("numerical_case3", 7, split_index, n, 2048, shared_dim=2)
         # read through the registered name, as a user would (no TensorFlow needed)
         source = tfds.data_source(f"crl_synthetic/{name}", split=split, data_dir=str(tmp_path), download=False)
         assert len(source) == n
         got = {k: np.stack([np.asarray(source[i][k]) for i in range(n)]) for k in source[0]}
-        assert set(got) == {"index", "z", "x_m1", "x_m2", "eta_m1", "eta_m2"}
+        keys = ("z", "x_m1", "x_m2", "x_m3", "x_m4", "eta_m1", "eta_m2", "eta_m3", "eta_m4")
+        assert set(got) == {"index", *keys}
         np.testing.assert_array_equal(got["index"], np.arange(n))  # generation order is kept
-        for k in ("z", "x_m1", "x_m2", "eta_m1", "eta_m2"):
+        for k in keys:
             assert got[k].dtype == np.float32
             np.testing.assert_array_equal(got[k], expected[k])
 
     meta = builder.info.metadata
-    assert Spec.from_json(meta["spec_json"]) == get_spec("numerical_case1", shared_dim=1)
+    assert Spec.from_json(meta["spec_json"]) == get_spec("numerical_case3", shared_dim=2)
     np.testing.assert_array_equal(np.asarray(meta["adjacency"]), expected["adjacency"])
-    assert meta["seed"] == 7 and meta["block_slices"]["shared"] == [0, 1]
+    assert meta["seed"] == 7 and meta["block_slices"]["shared"] == [0, 2]
 
     # preparing again reuses the copy (no regeneration) and reads the same numbers
-    again = tfds_builder.prepare("numerical_case1", str(tmp_path), seed=7, n_train=300, n_validation=0,
-                                 n_test=40, chunk=128, shared_dim=1)
+    again = tfds_builder.prepare("numerical_case3", str(tmp_path), seed=7, n_train=300, n_validation=0,
+                                 n_test=40, chunk=2048, shared_dim=2)
     np.testing.assert_array_equal(again.as_data_source(split="test")[5]["x_m2"], expected["x_m2"][5])
 
 
