@@ -44,6 +44,8 @@ def test_main_smoke_run_writes_reports_and_plots(tmp_path):
     lines = (workdir / "metrics.jsonl").read_text().strip().splitlines()
     assert [json.loads(line)["step"] for line in lines] == [10, 20]
     assert "MCC (Pearson)" in (workdir / "report.md").read_text()
+    events = list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0, "TensorBoard summaries (tensorboardX)"
 
 
 def _final_params(config, workdir, stop_after_step=None):
