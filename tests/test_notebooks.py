@@ -1,0 +1,109 @@
+"""The notebooks in notebooks/ run top to bottom (headless, CPU, smoke configs) and draw figures.
+
+Each notebook is executed with nbclient in a fresh ``python3`` kernel of this interpreter, with
+``CRL_JAX_NOTEBOOK_SMOKE=1`` (the notebooks' only switch), working directory ``notebooks/``
+and ``TMPDIR`` set to the test's temporary folder, so that the work directories the notebooks
+create with ``tempfile.mkdtemp`` can be inspected afterwards.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+pytest.importorskip("ipykernel")
+
+NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+RUN_FILES = ("report.json", "report.md", "latent_scatter.png", "graph.png", "r2_blocks.png",
+             "training_curves.png")
+
+# notebook -> (number of inline PNG figures, prefix of the work folders it makes,
+#              number of runs it makes, needs the MNIST / Fashion-MNIST image files)
+NOTEBOOKS = {
+    "quickstart": (4, "crl_jax_quickstart_", 1, False),
+    "variant_mnist": (4, "crl_jax_variant_mnist_", 1, True),
+    "ablations": (1, "crl_jax_ablations_", 2, False),
+}
+
+
+def _code_cells(nb) -> list:
+    return [c for c in nb.cells if c.cell_type == "code"]
+
+
+def _kernel_spec_dir(root: Path) -> Path:
+    """A ``python3`` kernelspec that runs this interpreter (first on JUPYTER_PATH)."""
+    from ipykernel.kernelspec import write_kernel_spec
+    spec_dir = root / "kernels" / "python3"
+    spec_dir.parent.mkdir(parents=True, exist_ok=True)
+    write_kernel_spec(str(spec_dir))
+    argv = json.loads((spec_dir / "kernel.json").read_text())["argv"]
+    assert argv[0] == sys.executable, argv
+    return root
+
+
+@pytest.mark.parametrize("name", sorted(NOTEBOOKS))
+def test_committed_notebook_has_no_outputs(name):
+    nb = nbformat.read(NOTEBOOK_DIR / f"{name}.ipynb", as_version=4)
+    nbformat.validate(nb)
+    assert nb.metadata["kernelspec"]["name"] == "python3"
+    cells = _code_cells(nb)
+    assert cells, f"{name}.ipynb has no code cells"
+    for cell in cells:
+        assert cell.outputs == [] and cell.execution_count is None, (
+            f"{name}.ipynb is committed with outputs; strip them "
+            f"(jupyter nbconvert --clear-output --inplace notebooks/{name}.ipynb)")
+    source = "\n".join(c.source for c in cells)
+    assert "CRL_JAX_NOTEBOOK_SMOKE" in source
+    assert "setup_tpu" not in source  # gone from Colab; jax.devices() finds TPUs by itself
+
+
+@pytest.mark.parametrize("name", sorted(NOTEBOOKS))
+def test_notebook_runs_headless(name, tmp_path, monkeypatch, data_dir):
+    n_pngs, prefix, n_runs, needs_images = NOTEBOOKS[name]
+    if needs_images and not (data_dir / "mnist").is_dir():
+        pytest.skip(f"MNIST IDX files not found under {data_dir} (set CRL_JAX_DATA_DIR)")
+    work = tmp_path / "tmp"
+    work.mkdir()
+    monkeypatch.setenv("CRL_JAX_NOTEBOOK_SMOKE", "1")
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    monkeypatch.setenv("TMPDIR", str(work))
+    monkeypatch.setenv("JUPYTER_PATH", str(_kernel_spec_dir(tmp_path / "jupyter")))
+    if needs_images:
+        monkeypatch.setenv("CRL_JAX_DATA_DIR", str(data_dir))
+
+    nb = nbformat.read(NOTEBOOK_DIR / f"{name}.ipynb", as_version=4)
+    client = nbclient.NotebookClient(nb, timeout=900, kernel_name="python3",
+                                     resources={"metadata": {"path": str(NOTEBOOK_DIR)}})
+    client.execute()  # raises CellExecutionError with the traceback if any cell fails
+
+    cells = _code_cells(nb)
+    assert all(c.execution_count is not None for c in cells)
+    outputs = [o for c in cells for o in c.outputs]
+    errors = [o for o in outputs if o.output_type == "error"]
+    assert not errors, errors
+    text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    assert "smoke mode" in text  # the switch reached the kernel
+    assert "nothing to install" in text  # the test never runs pip
+    assert "backend: CPU" in text
+    pngs = [base64.b64decode(o.data["image/png"]) for o in outputs
+            if o.output_type in ("display_data", "execute_result") and "image/png" in o.data]
+    assert len(pngs) == n_pngs, f"{name}: {len(pngs)} inline figures, expected {n_pngs}"
+    assert all(p.startswith(PNG_MAGIC) and len(p) > 1000 for p in pngs)
+
+    runs = sorted(work.glob(f"{prefix}*"))
+    assert len(runs) == 1, runs
+    reports = sorted(runs[0].rglob("report.json"))
+    assert len(reports) == n_runs, reports
+    for report_path in reports:
+        for f in RUN_FILES:
+            assert (report_path.parent / f).is_file(), f"{name}: no {f} in {report_path.parent}"
+        report = json.loads(report_path.read_text())
+        mcc = report["evaluation"]["summary"]["mcc_pearson"]
+        assert len(mcc["per_seed"]) == report["num_seeds"] >= 1
+        assert all(0.0 <= v <= 1.0 for v in mcc["per_seed"])
