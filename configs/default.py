@@ -36,9 +36,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.model.eta_dim = -1                  # -1 = the true eta size of the preset
 
     config.loss = ml_collections.ConfigDict()
-    config.loss.recon_std = 0.1                # std of the Gaussian likelihood
+    config.loss.recon_std = 0.2                # std of the Gaussian likelihood (chosen on val MCC)
     config.loss.beta = 1.0
-    config.loss.lambda_sparse = 0.01           # L1 on cross-modal edges
+    config.loss.lambda_sparse = 1.0            # L1 on cross-modal edges (chosen on val MCC)
     config.loss.lambda_sparse_within = 0.0     # L1 on other edges (not in the paper)
     config.loss.lambda_tie = 1.0
 
