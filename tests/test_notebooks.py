@@ -8,6 +8,7 @@ create with ``tempfile.mkdtemp`` can be inspected afterwards.
 from __future__ import annotations
 
 import base64
+import csv
 import json
 import sys
 from pathlib import Path
@@ -23,12 +24,14 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 RUN_FILES = ("report.json", "report.md", "latent_scatter.png", "graph.png", "r2_blocks.png",
              "training_curves.png")
 
-# notebook -> (number of inline PNG figures, prefix of the work folders it makes,
-#              number of runs it makes, needs the MNIST / Fashion-MNIST image files)
+# notebook -> (number of inline PNG figures, prefix of the work folder it makes, number of
+#              runs it makes, files it writes at the top of its work folder, needs the MNIST /
+#              Fashion-MNIST image files)
 NOTEBOOKS = {
-    "quickstart": (4, "crl_jax_quickstart_", 1, False),
-    "variant_mnist": (4, "crl_jax_variant_mnist_", 1, True),
-    "ablations": (1, "crl_jax_ablations_", 2, False),
+    "quickstart": (4, "crl_jax_quickstart_", 1, (), False),
+    "variant_mnist": (4, "crl_jax_variant_mnist_", 1, (), True),
+    "ablations": (1, "crl_jax_ablations_", 2,
+                  ("results.csv", "results_per_seed.csv", "sweep.png"), False),
 }
 
 
@@ -65,7 +68,7 @@ def test_committed_notebook_has_no_outputs(name):
 
 @pytest.mark.parametrize("name", sorted(NOTEBOOKS))
 def test_notebook_runs_headless(name, tmp_path, monkeypatch, data_dir):
-    n_pngs, prefix, n_runs, needs_images = NOTEBOOKS[name]
+    n_pngs, prefix, n_runs, top_files, needs_images = NOTEBOOKS[name]
     if needs_images and not (data_dir / "mnist").is_dir():
         pytest.skip(f"MNIST IDX files not found under {data_dir} (set CRL_JAX_DATA_DIR)")
     work = tmp_path / "tmp"
@@ -98,6 +101,8 @@ def test_notebook_runs_headless(name, tmp_path, monkeypatch, data_dir):
 
     runs = sorted(work.glob(f"{prefix}*"))
     assert len(runs) == 1, runs
+    for f in top_files:
+        assert (runs[0] / f).is_file(), f"{name}: no {f} in {runs[0]}"
     reports = sorted(runs[0].rglob("report.json"))
     assert len(reports) == n_runs, reports
     for report_path in reports:
@@ -107,3 +112,23 @@ def test_notebook_runs_headless(name, tmp_path, monkeypatch, data_dir):
         mcc = report["evaluation"]["summary"]["mcc_pearson"]
         assert len(mcc["per_seed"]) == report["num_seeds"] >= 1
         assert all(0.0 <= v <= 1.0 for v in mcc["per_seed"])
+    if name == "ablations":
+        _check_sweep_table(runs[0], reports)
+
+
+def _check_sweep_table(sweep_dir: Path, reports: list[Path]) -> None:
+    """results.csv holds, per grid point, the mean and std over seeds of each run's report."""
+    table = {(int(r["data.n_measurements"]), r["metric"]): r
+             for r in csv.DictReader(open(sweep_dir / "results.csv"))}
+    grid = sorted({k for k, _ in table})
+    assert len(grid) == len(reports) >= 2, grid
+    for report_path in reports:
+        config = json.loads((report_path.parent / "config.json").read_text())
+        summary = json.loads(report_path.read_text())["evaluation"]["summary"]
+        k = config["data"]["n_measurements"]
+        for metric, stat in (("mcc_pearson", summary["mcc_pearson"]),
+                             ("graph.shd", summary["graph"]["shd"])):
+            row = table[(k, metric)]
+            assert int(row["n_seeds"]) == len(stat["per_seed"])
+            assert float(row["mean"]) == pytest.approx(stat["mean"], abs=1e-9)
+            assert float(row["std"]) == pytest.approx(stat["std"], abs=1e-9)
