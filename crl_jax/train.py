@@ -143,7 +143,8 @@ def train(config, workdir: str, method, mesh, batches, data_layout, *,
             record["elapsed_sec"] = now - t_start
             t_last, step_last = now, step
             writer.write(step, record)
-            bar.set_postfix({k: f"{record[k]:.3g}" for k in ("loss", "recon", "kl", "tie")})
+            bar.set_postfix({k: f"{record[k]:.3g}" for k in ("loss", "recon", "kl", "tie")
+                             if k in record})  # methods without a decoder lack recon/kl/tie
             bar.update(step - bar.n)
             if step % int(t_cfg.checkpoint_every) == 0 or step == total or stopping:
                 if not _all_finite(state.params):
