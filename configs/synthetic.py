@@ -8,8 +8,9 @@ Variants: ``--config=configs/synthetic.py:case2`` (``case1``, ``case2``, ``case3
 ``content_style``), and ``:smoke`` (or ``:case2,smoke``) for a run of a few seconds used by
 the tests. Any field can be overridden, e.g. ``--config.train.num_seeds=5``.
 
-Expected result: see the README's "Results" section, which gives the measured held-out
-numbers of the default run and the command that produced them.
+Expected result of the default command (measured, see the README's "Results"): held-out
+MCC 0.931 ± 0.008 (Pearson) over 3 seeds, kernel R² of the true block from the estimated
+block 0.977 (m1) and 0.918 (m2); about 7 minutes of training on 2 CPU cores.
 """
 from __future__ import annotations
 
