@@ -348,6 +348,12 @@ def train_and_evaluate(config, workdir: str, *, stop_after_step=None) -> dict | 
           f"(image rows with NaN {nr.get('image_rows_with_nan', 0)}, text rows with NaN "
           f"{nr.get('text_rows_with_nan', 0)}); {data.train_rows.size} train / {data.val_rows.size} "
           f"validation rows")
+    cdc = config.causal_discovery
+    n_pc = data.ids.shape[0] if int(cdc.max_n) == 0 else min(int(cdc.max_n), data.ids.shape[0])
+    if cdc.indep_test in ("kci", "fastkci") and n_pc > 1000:
+        print(f"warning: PC with {cdc.indep_test} on {n_pc} rows will be slow (its tests are O(n^2) or "
+              "worse; measured: 18 latents, 200 rows took 4-12 minutes on 2 CPU cores); set "
+              "--config.causal_discovery.max_n to a few hundred or use fisherz.")
     method = methods.build_method(config.model.name, data.layout, config)
     os.makedirs(workdir, exist_ok=True)
     _check_resume(workdir, fingerprint(config, data))
@@ -382,7 +388,6 @@ def train_and_evaluate(config, workdir: str, *, stop_after_step=None) -> dict | 
     terms = {"train": loss_terms(method, params, data.xs, train_check, batch),
              "val": loss_terms(method, params, data.xs, data.val_rows, batch)}
 
-    cdc = config.causal_discovery
     seeds = list(range(n_seeds)) if int(cdc.seed_index) == -1 else [int(cdc.seed_index)]
     pc_report, prior_report, correlations = {}, {}, {}
     has_prior = method.adjacency(jax.tree_util.tree_map(lambda a: a[0], params)) is not None
