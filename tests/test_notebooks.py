@@ -59,8 +59,8 @@ def test_committed_notebook_has_no_outputs(name):
     assert cells, f"{name}.ipynb has no code cells"
     for cell in cells:
         assert cell.outputs == [] and cell.execution_count is None, (
-            f"{name}.ipynb is committed with outputs; strip them "
-            f"(jupyter nbconvert --clear-output --inplace notebooks/{name}.ipynb)")
+            f"{name}.ipynb is committed with outputs; clear them (Jupyter's Clear All Outputs, "
+            f"or jupyter nbconvert --clear-output --inplace notebooks/{name}.ipynb)")
     source = "\n".join(c.source for c in cells)
     assert "CRL_JAX_NOTEBOOK_SMOKE" in source
     assert "setup_tpu" not in source  # gone from Colab; jax.devices() finds TPUs by itself
