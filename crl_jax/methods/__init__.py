@@ -2,12 +2,22 @@
 from __future__ import annotations
 
 from crl_jax.methods.base import Method
+from crl_jax.methods.contrastive import ContrastiveMethod, build_contrastive_method
+from crl_jax.methods.controls import (LinearProjectionMethod, OracleMethod,
+                                      build_linear_projection, build_oracle,
+                                      build_random_encoder)
 from crl_jax.methods.vae_methods import VAEMethod, build_vae_method
 
 _BUILDERS = {
     "personax": build_vae_method,
     "mmcrl": build_vae_method,
     "betavae": build_vae_method,
+    "mcl": build_contrastive_method,
+    "multiview": build_contrastive_method,
+    "oracle": build_oracle,
+    "random_encoder": build_random_encoder,
+    "pca": build_linear_projection,
+    "fastica": build_linear_projection,
 }
 
 METHODS = tuple(_BUILDERS)
@@ -29,4 +39,5 @@ def available() -> tuple[str, ...]:
     return tuple(sorted(_BUILDERS))
 
 
-__all__ = ["METHODS", "Method", "VAEMethod", "available", "build_method", "register"]
+__all__ = ["METHODS", "ContrastiveMethod", "LinearProjectionMethod", "Method", "OracleMethod",
+           "VAEMethod", "available", "build_method", "register"]
