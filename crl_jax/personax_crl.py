@@ -127,6 +127,8 @@ def validate_config(config, n_devices: int) -> personax.PersonaXColumns:
     require(0.0 <= float(d.val_fraction) <= 0.5, "data.val_fraction",
             f"must be in [0, 0.5], got {d.val_fraction}")
     require(d.standardise in STANDARDISE, "data.standardise", f"{d.standardise!r} is not one of {STANDARDISE}")
+    require(m.name != "oracle", "model.name",
+            "the 'oracle' control encodes the true latents, which real data does not have")
     require(m.encoder == "mlp", "model.encoder",
             f"embeddings are vectors; use 'mlp', not {m.encoder!r}")
     require(len(m.latent_dims) == len(MODALITIES) and all(int(v) > 0 for v in m.latent_dims),
@@ -376,6 +378,8 @@ def train_and_evaluate(config, workdir: str, *, stop_after_step=None) -> dict | 
 
     t1 = time.time()
     params = state.params
+    if not method.trainable:  # controls fitted on the host (PCA, FastICA): fit on the train rows
+        params = method.fit(params, tuple(x[data.train_rows] for x in data.xs), None)
     names, blocks = latent_names(data.layout), latent_blocks(data.layout)
     batch = int(config.eval.batch_size)
     latents = encode_all(method, params, data.xs, batch)
@@ -386,7 +390,7 @@ def train_and_evaluate(config, workdir: str, *, stop_after_step=None) -> dict | 
     train_check = np.sort(np.random.default_rng(int(config.data.split_seed)).choice(
         data.train_rows, size=min(n_check, data.train_rows.size), replace=False))
     terms = {"train": loss_terms(method, params, data.xs, train_check, batch),
-             "val": loss_terms(method, params, data.xs, data.val_rows, batch)}
+             "val": loss_terms(method, params, data.xs, data.val_rows, batch)} if method.trainable else {}
 
     seeds = list(range(n_seeds)) if int(cdc.seed_index) == -1 else [int(cdc.seed_index)]
     pc_report, prior_report, correlations = {}, {}, {}

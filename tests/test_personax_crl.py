@@ -130,6 +130,7 @@ def test_missing_column_is_named_before_training(fake, tmp_path):
     ("model.encoder", "conv", "model.encoder"),
     ("model.latent_dims", (5,), "latent_dims"),
     ("model.eta_dim", -1, "eta_dim"),
+    ("model.name", "oracle", "true latents"),
 ])
 def test_bad_settings_raise_config_errors(fake, tmp_path, field, value, match):
     config = _config(fake)
