@@ -15,17 +15,29 @@ NUMERICAL_PRESETS = ("numerical_case1", "numerical_case2", "numerical_case3")
 
 def spec_overrides(data_cfg) -> dict:
     """The data fields each preset understands."""
+    out = _optional_overrides(data_cfg)
     preset = data_cfg.preset
     if preset in NUMERICAL_PRESETS:
-        return {"n_measurements": int(data_cfg.n_measurements),
+        return {**out, "n_measurements": int(data_cfg.n_measurements),
                 "shared_dim": int(data_cfg.shared_dim)}
+    out.pop("n_cross_edges", None)  # the other presets have a fixed graph
     if preset.startswith("variant_mnist"):
-        out = {"image_size": int(data_cfg.image_size),
-               "n_measurements": int(data_cfg.n_measurements)}
+        out.update({"image_size": int(data_cfg.image_size),
+                    "n_measurements": int(data_cfg.n_measurements)})
         if data_cfg.data_dir:
             out["data_dir"] = str(data_cfg.data_dir)
-        return out
-    return {}
+    return out
+
+
+def _optional_overrides(data_cfg) -> dict:
+    """Fields a config may add (sweeps): ``data.noise`` ("" = the preset's) and
+    ``data.n_cross_edges`` (-1 = the preset's; numerical presets only)."""
+    out = {}
+    if data_cfg.get("noise", ""):
+        out["noise"] = str(data_cfg.noise)
+    if int(data_cfg.get("n_cross_edges", -1)) >= 0:
+        out["n_cross_edges"] = int(data_cfg.n_cross_edges)
+    return out
 
 
 def build_spec(data_cfg):
