@@ -45,7 +45,8 @@ def create_train_states(method, example_xs, tx, seed: int, num_seeds: int) -> Tr
         params = method.init(k_params, example_xs)
         return TrainState.create(apply_fn=None, params=params, tx=tx, rng=k_rng)
 
-    return jax.vmap(init_one)(jnp.arange(num_seeds))
+    # One compiled program for all replicas (op-by-op init would dispatch every layer).
+    return jax.jit(jax.vmap(init_one))(jnp.arange(num_seeds))
 
 
 def make_train_step(method) -> Callable[[TrainState, Any], tuple]:
