@@ -4,18 +4,21 @@ from __future__ import annotations
 import json
 import os
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+
+def _subplots(nrows: int = 1, ncols: int = 1, **kwargs):
+    """A pyplot-free figure: works headless and leaves the user's backend alone."""
+    fig = Figure(figsize=kwargs.pop("figsize", None))
+    return fig, fig.subplots(nrows, ncols, **kwargs)
 
 CURVES = ("loss", "recon", "kl", "tie")
 
 
 def training_curves(metrics_path: str, out_path: str) -> str:
     rows = [json.loads(line) for line in open(metrics_path) if line.strip()]
-    fig, axes = plt.subplots(1, len(CURVES), figsize=(4 * len(CURVES), 3))
+    fig, axes = _subplots(1, len(CURVES), figsize=(4 * len(CURVES), 3))
     steps = [r["step"] for r in rows]
     for ax, name in zip(axes, CURVES):
         per_seed = np.asarray([r[f"{name}_per_seed"] for r in rows])
@@ -28,7 +31,6 @@ def training_curves(metrics_path: str, out_path: str) -> str:
     axes[0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out_path, dpi=100)
-    plt.close(fig)
     return out_path
 
 
@@ -38,7 +40,7 @@ def latent_scatter(true: np.ndarray, est: np.ndarray, matching: dict, names: lis
     t_idx, e_idx, signs = (np.asarray(matching[k]) for k in ("true_idx", "est_idx", "signs"))
     n = min(max_points, true.shape[0])
     cols = len(t_idx)
-    fig, axes = plt.subplots(1, cols, figsize=(2.6 * cols, 2.6), squeeze=False)
+    fig, axes = _subplots(1, cols, figsize=(2.6 * cols, 2.6), squeeze=False)
     for ax, t, e, s in zip(axes[0], t_idx, e_idx, signs):
         ax.scatter(true[:n, t], s * est[:n, e], s=2, alpha=0.3)
         r = np.corrcoef(true[:, t], s * est[:, e])[0, 1]
@@ -47,7 +49,6 @@ def latent_scatter(true: np.ndarray, est: np.ndarray, matching: dict, names: lis
         ax.set_ylabel(f"est #{e}", fontsize=7)
     fig.tight_layout()
     fig.savefig(out_path, dpi=100)
-    plt.close(fig)
     return out_path
 
 
@@ -56,7 +57,7 @@ def r2_heatmap(r2_true_from_est: dict, out_path: str, title: str = "") -> str:
     rows = list(r2_true_from_est)
     cols = list(next(iter(r2_true_from_est.values())))
     mat = np.asarray([[r2_true_from_est[r][c] for c in cols] for r in rows])
-    fig, ax = plt.subplots(figsize=(1.2 * len(cols) + 2, 1.0 * len(rows) + 1.5))
+    fig, ax = _subplots(figsize=(1.2 * len(cols) + 2, 1.0 * len(rows) + 1.5))
     im = ax.imshow(mat, vmin=0, vmax=1, cmap="viridis")
     for i in range(len(rows)):
         for j in range(len(cols)):
@@ -68,7 +69,6 @@ def r2_heatmap(r2_true_from_est: dict, out_path: str, title: str = "") -> str:
     fig.colorbar(im, ax=ax)
     fig.tight_layout()
     fig.savefig(out_path, dpi=100)
-    plt.close(fig)
     return out_path
 
 
@@ -79,7 +79,7 @@ def graphs(true_adj: np.ndarray, est_adj: np.ndarray, names: list[str], out_path
               ("learned graph (aligned)", np.asarray(est_adj, float))]
     if est_weights is not None:
         panels.append(("learned |W| (model order)", np.abs(np.asarray(est_weights, float))))
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.4))
+    fig, axes = _subplots(1, len(panels), figsize=(3.6 * len(panels), 3.4))
     for ax, (title, mat) in zip(axes, panels):
         ax.imshow(mat, cmap="Greys", vmin=0, vmax=max(1.0, float(mat.max())))
         ax.set_title(title, fontsize=9)
@@ -89,7 +89,6 @@ def graphs(true_adj: np.ndarray, est_adj: np.ndarray, names: list[str], out_path
         ax.set_ylabel("child")
     fig.tight_layout()
     fig.savefig(out_path, dpi=100)
-    plt.close(fig)
     return out_path
 
 

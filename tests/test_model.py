@@ -32,8 +32,9 @@ def test_shapes(name, encoder):
     layout = LAYOUTS[name]
     model = PersonaXVAE(layout, encoder=encoder, hidden=(16,), flow_units=2)
     xs = _inputs(layout)
-    params = model.init({"params": jax.random.PRNGKey(0), "sample": jax.random.PRNGKey(1)}, xs)
-    out = model.apply(params, xs, rngs={"sample": jax.random.PRNGKey(2)})
+    params = jax.jit(model.init)({"params": jax.random.PRNGKey(0),
+                                  "sample": jax.random.PRNGKey(1)}, xs)
+    out = jax.jit(model.apply)(params, xs, rngs={"sample": jax.random.PRNGKey(2)})
     d = layout.latent_dim
     assert out["z"].shape == out["z_mean"].shape == (4, d)
     assert out["log_prior"].shape == (4,)
@@ -91,13 +92,14 @@ def test_loss_gradients_reach_adjacency_and_every_encoder():
     layout = LAYOUTS["uneven_shared"]
     model = PersonaXVAE(layout, hidden=(16,))
     xs = _inputs(layout, batch=16)
-    params = model.init({"params": jax.random.PRNGKey(0), "sample": jax.random.PRNGKey(1)}, xs)
+    params = jax.jit(model.init)({"params": jax.random.PRNGKey(0),
+                                  "sample": jax.random.PRNGKey(1)}, xs)
 
     def loss_fn(p):
         out = model.apply(p, xs, rngs={"sample": jax.random.PRNGKey(3)})
         return losses.objective(out, xs, layout, LOSS)[0]
 
-    grads = jax.grad(loss_fn)(params)["params"]
+    grads = jax.jit(jax.grad(loss_fn))(params)["params"]
     mask = layout.allowed_mask()
     g_adj = np.asarray(grads["causal_prior"]["adjacency"])
     assert np.all(g_adj[mask] != 0) and np.all(g_adj[~mask] == 0)
