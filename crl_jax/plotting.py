@@ -80,11 +80,12 @@ def graphs(true_adj: np.ndarray, est_adj: np.ndarray, names: list[str], out_path
     if est_weights is not None:
         panels.append(("learned |W| (model order)", np.abs(np.asarray(est_weights, float))))
     fig, axes = _subplots(1, len(panels), figsize=(3.6 * len(panels), 3.4))
-    for ax, (title, mat) in zip(axes, panels):
+    for i, (ax, (title, mat)) in enumerate(zip(axes, panels)):
+        labels = names if i < 2 else [f"est {j}" for j in range(mat.shape[0])]
         ax.imshow(mat, cmap="Greys", vmin=0, vmax=max(1.0, float(mat.max())))
         ax.set_title(title, fontsize=9)
-        ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
-        ax.set_yticks(range(len(names)), names, fontsize=7)
+        ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=7)
+        ax.set_yticks(range(len(labels)), labels, fontsize=7)
         ax.set_xlabel("parent")
         ax.set_ylabel("child")
     fig.tight_layout()
