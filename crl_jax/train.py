@@ -28,10 +28,23 @@ class TrainingDiverged(FloatingPointError):
 
 
 class _SummaryWriter:
-    """metrics.jsonl always; TensorBoard event files when tensorboardX is installed."""
+    """metrics.jsonl always; TensorBoard event files when tensorboardX is installed.
 
-    def __init__(self, workdir: str):
-        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+    Only process 0 of a multi-process run writes (the metrics are the same everywhere).
+    """
+
+    def __init__(self, workdir: str, resume_step: int = 0):
+        self._jsonl = self._tb = None
+        if jax.process_index() != 0:
+            return
+        path = os.path.join(workdir, "metrics.jsonl")
+        if os.path.exists(path):  # drop records logged after the checkpoint we resume from
+            with open(path) as f:
+                kept = [line for line in f if line.strip()
+                        and json.loads(line)["step"] <= resume_step]
+            with open(path, "w") as f:
+                f.writelines(kept)
+        self._jsonl = open(path, "a")
         try:
             from tensorboardX import SummaryWriter
             self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
@@ -39,6 +52,8 @@ class _SummaryWriter:
             self._tb = None
 
     def write(self, step: int, record: dict) -> None:
+        if self._jsonl is None:
+            return
         self._jsonl.write(json.dumps({"step": step, **record}) + "\n")
         self._jsonl.flush()
         if self._tb is not None:
@@ -47,7 +62,8 @@ class _SummaryWriter:
                     self._tb.add_scalar(name, value, step)
 
     def close(self) -> None:
-        self._jsonl.close()
+        if self._jsonl is not None:
+            self._jsonl.close()
         if self._tb is not None:
             self._tb.close()
 
@@ -114,8 +130,9 @@ def train(config, workdir: str, method, mesh, batches, data_layout, *,
     total = int(t_cfg.steps)
     train_step = jit_train_step(method, mesh)
     sync_each_step = parallel.needs_step_sync(mesh)
-    writer = _SummaryWriter(workdir)
-    bar = tqdm.tqdm(total=total, initial=step, disable=not t_cfg.progress,
+    writer = _SummaryWriter(workdir, resume_step=step)
+    bar = tqdm.tqdm(total=total, initial=step,
+                    disable=not t_cfg.progress or jax.process_index() != 0,
                     desc=f"train {config.model.name} x{t_cfg.num_seeds} seeds", unit="step")
     window, last_good, step_last = [], step, step
     t_start = t_last = time.time()
@@ -185,8 +202,10 @@ def train_and_evaluate(config, workdir: str, *, stop_after_step=None) -> dict | 
             f"config.data.source: {source!r} is not 'synthetic' or 'personax'")
     os.makedirs(workdir, exist_ok=True)
     process, method, mesh = setup(config, workdir)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config.to_json_best_effort(indent=1))
+    lead_process = jax.process_index() == 0   # the only writer of a multi-process run
+    if lead_process:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=1))
     t0 = time.time()
     batches = input_pipeline.BatchSource.from_process(process, config.data, config.train,
                                                       parallel.batch_sharding(mesh))
@@ -201,9 +220,11 @@ def train_and_evaluate(config, workdir: str, *, stop_after_step=None) -> dict | 
               "train_seconds": train_seconds, "devices": mesh.devices.size,
               "evaluation": evaluation.evaluate_run(method, state.params, process, config)}
     report["eval_seconds"] = time.time() - t1
-    if config.eval.plots:
+    if config.eval.plots and lead_process:
         report["figures"] = plotting.all_figures(workdir, report["evaluation"],
                                                  _latent_names(process.spec))
+    if not lead_process:
+        return reporting.clean(report)
     clean = reporting.write(workdir, report)
     print(reporting.markdown(clean))
     return clean

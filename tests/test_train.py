@@ -64,6 +64,8 @@ def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path):
     assert step == 20
     _, step = _final_params(config, tmp_path / "b", stop_after_step=10)
     assert step == 10
+    with open(tmp_path / "b" / "metrics.jsonl", "a") as f:  # logged after the checkpoint,
+        f.write(json.dumps({"step": 12, "loss": 0.0}) + "\n")  # then the job died
     resumed, step = _final_params(config, tmp_path / "b")
     assert step == 20
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
