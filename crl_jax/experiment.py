@@ -45,7 +45,23 @@ def build_spec(data_cfg):
 
 
 def load_or_make_process(data_cfg, workdir: str | None):
-    """The generative process of this run; saved beside the run, reloaded on resume."""
+    """The generative process of this run; saved beside the run, reloaded on resume.
+
+    Multi-process runs: process 0 loads or makes and saves it, the others then load what it
+    wrote (after a barrier), so every process trains on the same generator.
+    """
+    if workdir and jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        if jax.process_index() == 0:
+            process = _load_or_make_process(data_cfg, workdir)
+        multihost_utils.sync_global_devices("crl_jax: generator saved")
+        if jax.process_index() != 0:
+            process = _load_or_make_process(data_cfg, workdir)
+        return process
+    return _load_or_make_process(data_cfg, workdir)
+
+
+def _load_or_make_process(data_cfg, workdir: str | None):
     spec = build_spec(data_cfg)
     gen_dir = os.path.join(workdir, "generator") if workdir else None
     if gen_dir and os.path.exists(os.path.join(gen_dir, "generator_spec.json")):

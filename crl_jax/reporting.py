@@ -56,13 +56,19 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write(workdir: str, report: dict) -> dict:
-    clean = _jsonable({k: v for k, v in report.items() if k != "evaluation"})
+def clean(report: dict) -> dict:
+    """The JSON-ready report (what :func:`write` saves as report.json)."""
+    out = _jsonable({k: v for k, v in report.items() if k != "evaluation"})
     ev = dict(report["evaluation"])
     ev.pop("test_latents", None)
-    clean["evaluation"] = _jsonable(ev)
+    out["evaluation"] = _jsonable(ev)
+    return out
+
+
+def write(workdir: str, report: dict) -> dict:
+    clean_report = clean(report)
     with open(os.path.join(workdir, "report.json"), "w") as f:
-        json.dump(clean, f, indent=1)
+        json.dump(clean_report, f, indent=1)
     with open(os.path.join(workdir, "report.md"), "w") as f:
-        f.write(markdown(clean))
-    return clean
+        f.write(markdown(clean_report))
+    return clean_report
