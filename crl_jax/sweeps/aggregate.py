@@ -2,7 +2,9 @@
 
 ``results.csv`` has one row per run and seed: the swept fields, the entry, the method and
 preset, the seed index (replica ``i`` of a run folds ``i`` into ``train.seed``) and every
-held-out test metric of that seed (``*_val``: the validation sample's MCC, the only MCC that
+held-out test metric of that seed (``r2_<b>``: true block b from the estimated block b;
+``r2_reverse_<b>``: the reverse; ``r2_<t>_from_<e>``: leakage of true block t into the
+estimated block e) (``*_val``: the validation sample's MCC, the only MCC that
 selection may look at). ``train_seconds`` and ``eval_seconds`` are per run (all seeds of a
 run train together), repeated on each of its rows.
 """
@@ -36,6 +38,11 @@ def _rows_of_report(report: dict, entry, sweep_name: str) -> list[dict]:
         for block, v in res["r2_block_reverse"].items():
             row[f"r2_reverse_{block}"] = v
         row["r2_mean"] = float(np.mean(list(res["r2_block"].values())))
+        # Leakage: true block t regressed on estimated block e != t (e.g. style from content).
+        for t, per_est in res.get("r2", {}).get("true_from_est", {}).items():
+            for e, v in per_est.items():
+                if e != t:
+                    row[f"r2_{t}_from_{e}"] = v
         graph = res.get("graph", {})
         for key in ("shd", "precision", "recall", "f1"):
             row[key] = graph.get(key, np.nan)
@@ -89,8 +96,8 @@ def summary_markdown(df: pd.DataFrame, entries, fields: list[str], sweep_name: s
               "is the validation-sample MCC (for selection). `train_seconds` is the wall time "
               "of the whole run (all seeds train together).", ""]
     if not df.empty:
-        block_cols = [c for c in df.columns if c.startswith("r2_") and not
-                      c.startswith("r2_reverse_") and c != "r2_mean"]
+        block_cols = [c for c in df.columns if c.startswith("r2_") and "_from_" not in c
+                      and not c.startswith("r2_reverse_") and c != "r2_mean"]
         metrics = [m for m in SUMMARY_METRICS if m in df.columns and df[m].notna().any()]
         metrics[metrics.index("r2_mean") + 1:metrics.index("r2_mean") + 1] = block_cols
         header = list(fields) + ["seeds"] + metrics
