@@ -18,9 +18,11 @@ CURVES = ("loss", "recon", "kl", "tie")
 
 def training_curves(metrics_path: str, out_path: str) -> str:
     rows = [json.loads(line) for line in open(metrics_path) if line.strip()]
-    fig, axes = _subplots(1, len(CURVES), figsize=(4 * len(CURVES), 3))
+    curves = [c for c in CURVES if f"{c}_per_seed" in rows[0]]  # contrastive: loss only
+    fig, axes = _subplots(1, len(curves), figsize=(4 * len(curves), 3), squeeze=False)
+    axes = axes[0]
     steps = [r["step"] for r in rows]
-    for ax, name in zip(axes, CURVES):
+    for ax, name in zip(axes, curves):
         per_seed = np.asarray([r[f"{name}_per_seed"] for r in rows])
         for i in range(per_seed.shape[1]):
             ax.plot(steps, per_seed[:, i], lw=1, label=f"seed {i}")
