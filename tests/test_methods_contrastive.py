@@ -115,7 +115,11 @@ def test_contrastive_method_trains_on_smoke_and_reports_metrics(tmp_path, name):
     config.train.steps = 20
     config.train.log_every = 5
     config.train.checkpoint_every = 10
+    config.eval.plots = name == "mcl"   # the figures of a method without recon/kl/tie terms
     report = train.train_and_evaluate(config, str(tmp_path))
+    if name == "mcl":
+        for fig in ("training_curves.png", "latent_scatter.png", "r2_blocks.png"):
+            assert (tmp_path / fig).stat().st_size > 0, fig
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == [5, 10, 15, 20]
     assert "recon" not in lines[0] and lines[0]["temperature"] == pytest.approx(1.0)
