@@ -18,7 +18,8 @@ from crl_jax.methods.base import Method
 from crl_jax.sweeps import grid
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SWEEPS = ("methods", "measurements", "sparsity", "sample_size", "shared_latent", "noise")
+SWEEPS = ("methods", "measurements", "sparsity", "sample_size", "shared_latent", "noise",
+          "calibration")
 # (field, full grid, smoke grid) of each shipped sweep.
 EXPECTED = {
     "methods": [("model.name", ("personax", "mmcrl", "betavae", "mcl", "multiview", "oracle",
@@ -30,6 +31,8 @@ EXPECTED = {
     "sample_size": [("data.train_size", (1000, 3000, 10000, 30000, 100000), (200, 1000))],
     "shared_latent": [("data.shared_dim", (0, 1, 2), (0, 1))],
     "noise": [("data.noise", ("gaussian", "laplace", "uniform"), ("gaussian", "laplace"))],
+    "calibration": [("model.name", ("mcl", "multiview", "oracle", "random_encoder", "pca"),
+                     ("mcl", "oracle"))],
 }
 
 
