@@ -41,8 +41,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.val_size = 2000
     config.data.test_size = 4000
     config.eval.batch_size = 500
-    if "small" in parts:
-        config.data.image_size = 14
+    if "small" in parts:  # CPU-friendly: 14x14 images, MLP encoders (vmapped convs are slow
+        config.data.image_size = 14  # on XLA:CPU, see docs/PERFORMANCE.md)
+        config.model.encoder = "mlp"
     if "smoke" in parts:
         apply_smoke(config)
         config.data.image_size = 14
