@@ -1,4 +1,13 @@
-"""Encoder and decoder networks (one instance per measurement, stacked with ``nn.vmap``)."""
+"""Encoder and decoder networks (one instance per measurement, stacked with ``nn.vmap``).
+
+The image convolutions are written as patch matrix products (:class:`Conv4x4s2`,
+:class:`ConvTranspose4x4s2`), numerically the same maps and parameter trees as
+``nn.Conv`` / ``nn.ConvTranspose`` with a 4x4 kernel, stride 2 and 'SAME' padding. Why:
+``nn.vmap`` over measurements turns a convolution with per-measurement kernels into a
+grouped convolution, which XLA:CPU runs (and differentiates) through its slow generic
+emitter: the variant-MNIST step was 3-6x slower than with batched matrix products (see
+docs/PERFORMANCE.md). Matrix products batch over measurements on every backend.
+"""
 from __future__ import annotations
 
 from typing import Sequence
@@ -6,6 +15,11 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
+
+_KERNEL, _STRIDE = 4, 2
+# Transposed 4x4 stride-2 convolution as 4 output phases: output row 2a + p reads rows
+# a - 1 + offset of the input (offset in the input padded by 1) through kernel row ``tap``.
+_PHASE_TAPS = (((0, 0), (1, 2)), ((1, 1), (2, 3)))   # phase p -> ((offset, tap), ...)
 
 ENCODERS = ("mlp", "conv")
 
@@ -22,6 +36,61 @@ class MLP(nn.Module):
         return nn.Dense(self.features[-1])(x)
 
 
+def _same_padding(size: int) -> tuple[int, tuple[int, int]]:
+    """Output size and (low, high) padding of a 'SAME' 4x4 stride-2 convolution."""
+    out = -(-size // _STRIDE)
+    total = max((out - 1) * _STRIDE + _KERNEL - size, 0)
+    return out, (total // 2, total - total // 2)
+
+
+class Conv4x4s2(nn.Module):
+    """``nn.Conv(features, (4, 4), strides=(2, 2))`` (padding 'SAME') as one matrix product
+    of the 16 strided views of the input (im2col) with the (16 * C_in, features) kernel."""
+
+    features: int
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        n, height, width, c_in = x.shape
+        kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                            (_KERNEL, _KERNEL, c_in, self.features))
+        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        (oh, pad_h), (ow, pad_w) = _same_padding(height), _same_padding(width)
+        xp = jnp.pad(x, ((0, 0), pad_h, pad_w, (0, 0)))
+        views = [xp[:, i:i + _STRIDE * (oh - 1) + 1:_STRIDE, j:j + _STRIDE * (ow - 1) + 1:_STRIDE]
+                 for i in range(_KERNEL) for j in range(_KERNEL)]          # kernel taps (i, j)
+        patches = jnp.concatenate(views, axis=-1)                           # (n, oh, ow, 16 c_in)
+        return patches @ kernel.reshape(-1, self.features) + bias
+
+
+class ConvTranspose4x4s2(nn.Module):
+    """``nn.ConvTranspose(features, (4, 4), strides=(2, 2))`` (padding 'SAME', output twice
+    the input size) as one matrix product: the 9 shifted views of the input times a kernel
+    that maps each view to the 4 output phases it feeds (2x2 sub-pixel form)."""
+
+    features: int
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        n, height, width, c_in = x.shape
+        kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                            (_KERNEL, _KERNEL, c_in, self.features))
+        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+        patches = jnp.concatenate([xp[:, di:di + height, dj:dj + width]
+                                   for di in range(3) for dj in range(3)], axis=-1)
+        # phase_kernel[di, dj, :, p, q] = kernel[tap_i, tap_j] where view (di, dj) feeds
+        # output phase (p, q); zero elsewhere. Built with static index arrays.
+        di, ti, p = np.array([(o, t, ph) for ph in range(2) for o, t in _PHASE_TAPS[ph]]).T
+        phase_kernel = jnp.zeros((3, 3, 2, 2, c_in, self.features), kernel.dtype)
+        phase_kernel = phase_kernel.at[di[:, None], di[None, :], p[:, None], p[None, :]].set(
+            kernel[ti[:, None], ti[None, :]])
+        phase_kernel = phase_kernel.transpose(0, 1, 4, 2, 3, 5).reshape(9 * c_in, -1)
+        y = (patches @ phase_kernel).reshape(n, height, width, 2, 2, self.features)
+        y = y.transpose(0, 1, 3, 2, 4, 5).reshape(n, 2 * height, 2 * width, self.features)
+        return y + bias
+
+
 class FeatureEncoder(nn.Module):
     """Observation (vector or image) -> feature vector, for one measurement."""
 
@@ -34,8 +103,8 @@ class FeatureEncoder(nn.Module):
             if x.ndim != 4:
                 raise ValueError(f"model.encoder='conv' needs image observations (B, H, W, C); "
                                  f"got shape {x.shape}. Use model.encoder='mlp' for vectors.")
-            for channels in (32, 64):
-                x = nn.leaky_relu(nn.Conv(channels, (4, 4), strides=(2, 2))(x), 0.2)
+            for i, channels in enumerate((32, 64)):   # names as nn.Conv's: same params
+                x = nn.leaky_relu(Conv4x4s2(channels, name=f"Conv_{i}")(x), 0.2)
             x = x.reshape(x.shape[0], -1)
         else:
             x = x.reshape(x.shape[0], -1)
@@ -91,8 +160,8 @@ class MeasurementDecoder(nn.Module):
             h0, w0 = -(-height // 4), -(-width // 4)   # upsample x4, then crop to size
             h = MLP(tuple(reversed(self.hidden)) + (64 * h0 * w0,))(code)
             h = nn.leaky_relu(h, 0.2).reshape(code.shape[0], h0, w0, 64)
-            h = nn.leaky_relu(nn.ConvTranspose(32, (4, 4), strides=(2, 2))(h), 0.2)
-            out = nn.ConvTranspose(channels, (4, 4), strides=(2, 2))(h)
+            h = nn.leaky_relu(ConvTranspose4x4s2(32, name="ConvTranspose_0")(h), 0.2)
+            out = ConvTranspose4x4s2(channels, name="ConvTranspose_1")(h)
             return out[:, :height, :width, :]
         out = MLP(tuple(reversed(self.hidden)) + (n_out,))(code)
         return out.reshape((code.shape[0],) + tuple(self.obs_shape))
