@@ -128,7 +128,10 @@ class LinearProjectionMethod(Method):
             if n_comp > min(x.shape):
                 raise ValueError(f"{self.algorithm}: block {b!r} asks for {n_comp} components "
                                  f"from {x.shape[1]} features and {x.shape[0]} samples")
-            fits = [self._fit_block(x, n_comp, i) for i in range(n_seeds)]
+            if self.algorithm == "pca":   # deterministic: one fit serves every seed
+                fits = [self._fit_block(x, n_comp, 0)] * n_seeds
+            else:
+                fits = [self._fit_block(x, n_comp, i) for i in range(n_seeds)]
             out[b] = {"mean": np.stack([f[0] for f in fits]),
                       "proj": np.stack([f[1] for f in fits])}
         return out
