@@ -113,6 +113,10 @@ class FeatureEncoder(nn.Module):
         return x
 
 
+_LOGVAR_RANGE = (-12.0, 6.0)
+_LOGVAR_BIAS_INIT = -2.0
+
+
 class GaussianHead(nn.Module):
     """Features -> (mean, log-variance) of a diagonal Gaussian."""
 
@@ -122,8 +126,37 @@ class GaussianHead(nn.Module):
     def __call__(self, h: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
         mean = nn.Dense(self.dim)(h)
         logvar = nn.Dense(self.dim, kernel_init=nn.initializers.zeros,
-                          bias_init=nn.initializers.constant(-2.0))(h)
-        return mean, jnp.clip(logvar, -12.0, 6.0)
+                          bias_init=nn.initializers.constant(_LOGVAR_BIAS_INIT))(h)
+        return mean, jnp.clip(logvar, *_LOGVAR_RANGE)
+
+
+class _DenseParams(nn.Module):
+    """The (kernel, bias) that ``nn.Dense(features)`` of this name would create."""
+
+    features: int
+    kernel_init: object = nn.initializers.lecun_normal()
+    bias_init: object = nn.initializers.zeros
+
+    @nn.compact
+    def __call__(self, in_features: int):
+        return (self.param("kernel", self.kernel_init, (in_features, self.features)),
+                self.param("bias", self.bias_init, (self.features,)))
+
+
+class _GaussianHeadParams(nn.Module):
+    """The parameters of a :class:`GaussianHead` (same names, shapes and initial values),
+    as one (in, 2 * dim) kernel [mean | logvar] and bias."""
+
+    dim: int
+
+    @nn.compact
+    def __call__(self, in_features: int):
+        k_mean, b_mean = _DenseParams(self.dim, name="Dense_0")(in_features)
+        k_logvar, b_logvar = _DenseParams(
+            self.dim, nn.initializers.zeros, nn.initializers.constant(_LOGVAR_BIAS_INIT),
+            name="Dense_1")(in_features)
+        return (jnp.concatenate([k_mean, k_logvar], axis=1),
+                jnp.concatenate([b_mean, b_logvar]))
 
 
 class MeasurementEncoder(nn.Module):
@@ -137,9 +170,19 @@ class MeasurementEncoder(nn.Module):
     @nn.compact
     def __call__(self, x):
         h = FeatureEncoder(self.kind, self.hidden)(x)
-        z_mean, z_logvar = GaussianHead(self.latent_dim)(h)
-        if self.eta_dim > 0:
-            eta_mean, eta_logvar = GaussianHead(self.eta_dim)(h)
+        # The z and eta heads (GaussianHead_0, GaussianHead_1: the parameters GaussianHead
+        # would have) as ONE matrix product: four thin products (2 or 1 output columns
+        # each) doubled the encoder's time on CPU (docs/PERFORMANCE.md).
+        d, e = self.latent_dim, self.eta_dim
+        heads = [_GaussianHeadParams(d, name="GaussianHead_0")(h.shape[-1])]
+        if e > 0:
+            heads.append(_GaussianHeadParams(e, name="GaussianHead_1")(h.shape[-1]))
+        out = h @ jnp.concatenate([k for k, _ in heads], axis=1) + jnp.concatenate(
+            [b for _, b in heads])
+        z_mean, z_logvar = out[:, :d], jnp.clip(out[:, d:2 * d], *_LOGVAR_RANGE)
+        if e > 0:
+            eta_mean = out[:, 2 * d:2 * d + e]
+            eta_logvar = jnp.clip(out[:, 2 * d + e:], *_LOGVAR_RANGE)
         else:
             eta_mean = eta_logvar = jnp.zeros(h.shape[:-1] + (0,), h.dtype)
         return h, z_mean, z_logvar, eta_mean, eta_logvar

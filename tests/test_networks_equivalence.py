@@ -1,5 +1,6 @@
-"""The patch-matmul convolutions equal flax's nn.Conv / nn.ConvTranspose (values, gradients,
-parameter trees), also stacked over measurements with nn.vmap."""
+"""The matmul forms of networks.py equal the flax modules they replace (values, gradients,
+parameter trees and initial values): the patch-matmul convolutions against nn.Conv /
+nn.ConvTranspose, the fused z/eta heads of MeasurementEncoder against two GaussianHeads."""
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -65,3 +66,39 @@ def test_conv_encoder_decoder_parameter_tree_unchanged():
         jax.random.PRNGKey(0), jnp.zeros((2, 5)))["params"]
     assert set(dec) == {"MLP_0", "ConvTranspose_0", "ConvTranspose_1"}
     assert dec["ConvTranspose_1"]["kernel"].shape == (4, 4, 32, 3)
+
+
+class _TwoHeadEncoder(nn.Module):
+    """MeasurementEncoder as first written: one GaussianHead per latent group."""
+
+    latent_dim: int
+    eta_dim: int
+
+    @nn.compact
+    def __call__(self, x):
+        h = networks.FeatureEncoder("mlp", (16,))(x)
+        z_mean, z_logvar = networks.GaussianHead(self.latent_dim)(h)
+        if self.eta_dim > 0:
+            eta_mean, eta_logvar = networks.GaussianHead(self.eta_dim)(h)
+        else:
+            eta_mean = eta_logvar = jnp.zeros(h.shape[:-1] + (0,), h.dtype)
+        return h, z_mean, z_logvar, eta_mean, eta_logvar
+
+
+@pytest.mark.parametrize("eta_dim", [0, 1, 2])
+def test_fused_heads_match_two_gaussian_heads(eta_dim):
+    x = jax.random.normal(jax.random.PRNGKey(0), (5, 3, 10))      # (B, K, obs)
+    ref = networks.stacked(_TwoHeadEncoder)(3, eta_dim)
+    ours = networks.stacked(networks.MeasurementEncoder)("mlp", (16,), 3, eta_dim)
+    params = ref.init(jax.random.PRNGKey(1), x)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, params,
+                           ours.init(jax.random.PRNGKey(1), x))
+    # Random parameters (the logvar heads start at zero) and a large scale so that the
+    # log-variance clipping at (-12, 6) is exercised as well.
+    params = jax.tree_util.tree_map(
+        lambda p: 3.0 * jax.random.normal(jax.random.PRNGKey(2), p.shape), params)
+    outs_ref, outs = ref.apply(params, x), ours.apply(params, x)
+    assert float(jnp.max(outs_ref[2])) == 6.0 or float(jnp.min(outs_ref[2])) == -12.0
+    for a, b in zip(outs, outs_ref):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
