@@ -1,0 +1,590 @@
+"""Speed of the PersonaX training step: throughput, FLOP/s against a matmul, scaling.
+
+    python benchmarks/bench_train.py --out=bench_train.json            # every section
+    python benchmarks/bench_train.py --sections=throughput --batch_sizes=256,4096
+
+Sections (``--sections``, comma-separated):
+
+- ``throughput``: steps/s and samples/s of the real jitted train step (``train.jit_train_step``,
+  one seed, one device) for each model and batch size; compile time of the first step; FLOPs
+  of one step from XLA's cost analysis of the compiled step; achieved FLOP/s; beside it, in
+  the same rounds, the FLOP/s of a jitted float32 matmul of comparable shape
+  ``(seeds * batch * sum_m K_m, width) @ (width, width)`` (``width`` = widest hidden layer) and
+  of a 2048^3 matmul; the ratio achieved / comparable matmul; time to sample one batch
+  (``input_pipeline.BatchSource``) as a fraction of a step; peak host RSS, XLA's temp buffer
+  size of the step, device peak memory where the device reports it.
+- ``seeds``: time per step for 1, 2, 4, 8, 16 seeds trained together (vmap).
+- ``devices``: time per step at a fixed global batch on 1, 2, 4, 8 devices (on CPU a
+  subprocess per count with ``--xla_force_host_platform_device_count``; on GPU/TPU the
+  first N real devices).
+- ``growth``: time per step as measurements K, modalities M and latent dimension D grow;
+  fitted exponent (slope of log time against log size).
+- ``parts``: what the step spends its time on: encoder, causal prior, decoder (each forward
+  and backward), the whole loss forward, forward + backward, and the optimiser update.
+
+Timing: each measurement is ``--rounds`` rounds of ``--steps`` steps, blocked at the end of
+the round (every step on a multi-device CPU mesh, as the training loop does); reported is the
+fastest round (the least disturbed on a shared machine) and the median. Ratios pair the two
+numbers of the same rounds. The persistent compilation cache is disabled so compile times
+are real. Runs unchanged on GPU (device memory from ``Device.memory_stats``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from configs import default as default_config  # noqa: E402
+from configs import synthetic as synthetic_config  # noqa: E402
+from crl_jax import experiment, input_pipeline, methods, parallel, steps, train  # noqa: E402
+from crl_jax.models import vae  # noqa: E402
+
+SECTIONS = ("throughput", "seeds", "devices", "growth", "parts")
+MODELS = ("numerical_case2", "variant_mnist_3m")
+
+
+# ----------------------------------------------------------------------------- configs
+def model_config(model: str, data_dir: str, batch: int, num_seeds: int = 1):
+    """The training config of a benchmark model (the shipped config files)."""
+    if model == "numerical_case2":
+        config = synthetic_config.get_config("case2")
+    elif model == "variant_mnist_3m":
+        try:
+            from configs import variant_mnist
+            config = variant_mnist.get_config()
+        except ImportError:  # before configs/variant_mnist.py existed
+            config = default_config.base_config()
+            config.data.preset, config.model.encoder = "variant_mnist_3m", "conv"
+        config.data.data_dir = data_dir
+    else:
+        raise ValueError(f"--models: unknown model {model!r}; choose from {list(MODELS)}")
+    config.train.batch_size = int(batch)
+    config.train.num_seeds = int(num_seeds)
+    config.train.progress = False
+    return config
+
+
+def default_data_dir() -> str:
+    env = os.environ.get("CRL_JAX_DATA_DIR", "")
+    return env or os.path.normpath(os.path.join(ROOT, "..", "shared", "data"))
+
+
+# ----------------------------------------------------------------------------- timing
+def _flops(compiled) -> float:
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost.get("flops", float("nan"))) if cost else float("nan")
+
+
+def _temp_bytes(compiled) -> float:
+    try:
+        mem = compiled.memory_analysis()
+        return float(mem.temp_size_in_bytes) if mem is not None else float("nan")
+    except (AttributeError, NotImplementedError):
+        return float("nan")
+
+
+def host_peak_rss_mb() -> float:
+    """Peak resident set size of this process so far (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1024.0 if sys.platform != "darwin" else peak / 2**20
+
+
+def device_peak_mb(device) -> float | None:
+    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+    if not stats or "peak_bytes_in_use" not in stats:
+        return None
+    return stats["peak_bytes_in_use"] / 2**20
+
+
+class StepRunner:
+    """A compiled train step with its (donated) state and one fixed batch."""
+
+    def __init__(self, method, config, mesh, layout, batch):
+        self.state = train.init_state(method, config, mesh, layout)
+        t0 = time.perf_counter()
+        self.compiled = train.jit_train_step(method, mesh).lower(self.state, batch).compile()
+        self.compile_s = time.perf_counter() - t0
+        self.flops = _flops(self.compiled) * mesh.devices.size  # SPMD: per-device program
+        self.temp_mb = _temp_bytes(self.compiled) / 2**20
+        self.batch = batch
+        self.sync_each = parallel.needs_step_sync(mesh)
+        self.run(1)  # warm-up (first execution allocates)
+
+    def run(self, n: int) -> float:
+        """Seconds per step over ``n`` steps."""
+        t0 = time.perf_counter()
+        for _ in range(n):
+            self.state, metrics = self.compiled(self.state, self.batch)
+            if self.sync_each:
+                jax.block_until_ready(metrics)
+        jax.block_until_ready((self.state, metrics))
+        return (time.perf_counter() - t0) / n
+
+
+class Matmul:
+    """A jitted float32 ``(rows, width) @ (width, cols)`` on ``device``."""
+
+    def __init__(self, rows: int, width: int, cols: int, device):
+        ka, kb = jax.random.split(jax.random.PRNGKey(0))
+        self.a = jax.device_put(jax.random.normal(ka, (rows, width), jnp.float32), device)
+        self.b = jax.device_put(jax.random.normal(kb, (width, cols), jnp.float32), device)
+        self.fn = jax.jit(jnp.matmul)
+        self.flops = 2.0 * rows * width * cols
+        self.shape = (rows, width, cols)
+        jax.block_until_ready(self.fn(self.a, self.b))
+
+    def run(self, n: int) -> float:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            out = self.fn(self.a, self.b)
+        jax.block_until_ready(out)
+        return (time.perf_counter() - t0) / n
+
+
+def _reps(seconds_each: float, budget: float = 0.5, lo: int = 1, hi: int = 50) -> int:
+    return int(min(max(budget / max(seconds_each, 1e-6), lo), hi))
+
+
+def paired_rounds(runners: dict, reps: dict, rounds: int) -> dict:
+    """Interleave the runners ``rounds`` times; per runner the list of seconds per call."""
+    times = {name: [] for name in runners}
+    for _ in range(rounds):
+        for name, runner in runners.items():
+            times[name].append(runner.run(reps[name]))
+    return times
+
+
+def summary(ts) -> dict:
+    return {"min_s": float(np.min(ts)), "median_s": float(np.median(ts)), "all_s": list(map(float, ts))}
+
+
+# ----------------------------------------------------------------------------- builders
+def setup_model(model: str, args, batch: int, num_seeds: int = 1, devices=None):
+    config = model_config(model, args.data_dir, batch, num_seeds)
+    mesh = parallel.make_mesh(devices if devices is not None else jax.devices()[:1])
+    process, method, mesh = train.setup(config, None, mesh=mesh)
+    source = input_pipeline.BatchSource.from_process(process, config.data, config.train,
+                                                     parallel.batch_sharding(mesh))
+    layout = experiment.data_layout(process.spec)
+    return config, method, mesh, source, layout
+
+
+def widest_layer(config) -> int:
+    return int(max(config.model.hidden))
+
+
+def images_available(data_dir: str) -> bool:
+    return all(os.path.isdir(os.path.join(data_dir, d)) for d in ("mnist", "fashion-mnist"))
+
+
+# ----------------------------------------------------------------------------- sections
+def section_throughput(args) -> list[dict]:
+    rows = []
+    device = jax.devices()[0]
+    peak = Matmul(2048, 2048, 2048, device)
+    for model in args.models:
+        if model == "variant_mnist_3m" and not images_available(args.data_dir):
+            print(f"skip {model}: no mnist/ and fashion-mnist/ under --data_dir={args.data_dir}")
+            continue
+        for batch in args.batch_sizes:
+            if model == "variant_mnist_3m" and batch > args.image_max_batch:
+                continue
+            config, method, mesh, source, layout = setup_model(model, args, batch)
+            batch_arrays = source(0)
+            jax.block_until_ready(batch_arrays)
+            runner = StepRunner(method, config, mesh, layout, batch_arrays)
+            sampler = _Sampler(source)
+            rows_mm = batch * sum(layout.n_measurements)
+            comparable = Matmul(rows_mm, widest_layer(config), widest_layer(config), device)
+            step_s = runner.run(1)
+            runners = {"step": runner, "sample": sampler, "matmul": comparable, "peak": peak}
+            reps = {"step": _reps(step_s, args.budget, args.steps, 50), "sample": 3,
+                    "matmul": _reps(comparable.run(1), args.budget),
+                    "peak": _reps(peak.run(1), args.budget)}
+            times = paired_rounds(runners, reps, args.rounds)
+            best = {k: float(np.min(v)) for k, v in times.items()}
+            per_round = {k: np.asarray(v) for k, v in times.items()}
+            row = {
+                "model": model, "batch": batch, "seeds": 1, "compile_s": runner.compile_s,
+                "step": summary(times["step"]), "steps_per_s": 1.0 / best["step"],
+                "samples_per_s": batch / best["step"], "flops_per_step": runner.flops,
+                "achieved_flops": runner.flops / best["step"],
+                "matmul_shape": comparable.shape,
+                "matmul_flops": comparable.flops / best["matmul"],
+                "peak_matmul_flops": peak.flops / best["peak"],
+                "ratio_vs_matmul": (runner.flops / best["step"]) / (comparable.flops / best["matmul"]),
+                "ratio_vs_matmul_per_round": list(map(float, (runner.flops / per_round["step"])
+                                                      / (comparable.flops / per_round["matmul"]))),
+                "ratio_vs_peak_matmul": (runner.flops / best["step"]) / (peak.flops / best["peak"]),
+                "sample": summary(times["sample"]),
+                "sample_fraction_of_step": best["sample"] / best["step"],
+                "xla_temp_mb": runner.temp_mb, "host_peak_rss_mb": host_peak_rss_mb(),
+                "device_peak_mb": device_peak_mb(device),
+            }
+            rows.append(row)
+            print(f"  {model} B={batch}: {row['steps_per_s']:.2f} steps/s, "
+                  f"{row['achieved_flops'] / 1e9:.1f} GFLOP/s = {row['ratio_vs_matmul']:.2f} x "
+                  f"matmul ({row['matmul_flops'] / 1e9:.1f} GFLOP/s)", flush=True)
+            del runner, sampler, comparable
+    return rows
+
+
+class _Sampler:
+    def __init__(self, source):
+        self.source, self.step = source, 1
+        jax.block_until_ready(source(0))
+
+    def run(self, n: int) -> float:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            out = self.source(self.step)
+            self.step += 1
+        jax.block_until_ready(out)
+        return (time.perf_counter() - t0) / n
+
+
+def section_seeds(args) -> list[dict]:
+    rows = []
+    for batch in args.seed_batches:
+        base = None
+        runners, reps = {}, {}
+        for s in args.seeds_list:
+            config, method, mesh, source, layout = setup_model("numerical_case2", args, batch, s)
+            runners[s] = StepRunner(method, config, mesh, layout, source(0))
+            reps[s] = _reps(runners[s].run(1), args.budget, args.steps, 50)
+        times = paired_rounds(runners, reps, args.rounds)
+        base = float(np.min(times[args.seeds_list[0]])) / args.seeds_list[0]
+        for s in args.seeds_list:
+            t = float(np.min(times[s]))
+            rows.append({"model": "numerical_case2", "batch": batch, "seeds": s,
+                         "step": summary(times[s]), "time_vs_one_seed": t / base,
+                         "per_seed_cost_vs_one_seed": t / (s * base),
+                         "compile_s": runners[s].compile_s})
+            print(f"  B={batch} seeds={s}: {t * 1e3:.1f} ms/step, {t / base:.2f} x one seed",
+                  flush=True)
+    return rows
+
+
+def section_devices(args) -> list[dict]:
+    platform_name = jax.devices()[0].platform
+    rows = []
+    for n in args.devices_list:
+        if platform_name == "cpu":
+            env = dict(os.environ)
+            flags = [f for f in env.get("XLA_FLAGS", "").split()
+                     if not f.startswith("--xla_force_host_platform_device_count")]
+            env["XLA_FLAGS"] = " ".join(flags + [f"--xla_force_host_platform_device_count={n}"])
+            env["JAX_PLATFORMS"] = "cpu"
+            cmd = [sys.executable, os.path.abspath(__file__), "--_devices_worker", str(n),
+                   f"--devices_batch={args.devices_batch}", f"--rounds={args.rounds}",
+                   f"--steps={args.steps}", f"--budget={args.budget}",
+                   f"--data_dir={args.data_dir}"]
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
+            if proc.returncode != 0:
+                raise RuntimeError(f"devices worker N={n} failed:\n{proc.stderr[-3000:]}")
+            row = json.loads(proc.stdout.strip().splitlines()[-1])
+        elif n <= jax.device_count():
+            row = devices_row(n, args)
+        else:
+            continue
+        rows.append(row)
+        print(f"  devices={n}: {row['step']['min_s'] * 1e3:.1f} ms/step", flush=True)
+    if rows:
+        t1 = rows[0]["step"]["min_s"]
+        for row in rows:
+            row["speedup_vs_first"] = t1 / row["step"]["min_s"]
+    return rows
+
+
+def devices_row(n: int, args) -> dict:
+    devices = jax.devices()[:n]
+    if len(devices) != n:
+        raise RuntimeError(f"asked for {n} devices, have {jax.device_count()}")
+    config, method, mesh, source, layout = setup_model("numerical_case2", args,
+                                                       args.devices_batch, 1, devices)
+    runner = StepRunner(method, config, mesh, layout, source(0))
+    reps = {"step": _reps(runner.run(1), args.budget, args.steps, 50)}
+    times = paired_rounds({"step": runner}, reps, args.rounds)
+    return {"devices": n, "platform": devices[0].platform, "batch": args.devices_batch,
+            "step": summary(times["step"]), "compile_s": runner.compile_s,
+            "sync_each_step": runner.sync_each, "flops_per_step": runner.flops}
+
+
+def growth_layout(k: int = 3, m: int = 2, d_per: int = 3, obs: int = 10, eta: int = 1):
+    names = tuple(f"m{i + 1}" for i in range(m))
+    return vae.ModelLayout(names, ((obs,),) * m, (k,) * m, (d_per,) * m, (eta,) * m, 0)
+
+
+def growth_runner(layout, args):
+    config = model_config("numerical_case2", args.data_dir, args.growth_batch)
+    mesh = parallel.make_mesh(jax.devices()[:1])
+    method = methods.build_method("personax", layout, config)
+    keys = jax.random.split(jax.random.PRNGKey(0), len(layout.names))
+    batch = tuple(
+        jax.device_put(jax.random.normal(key, (1, args.growth_batch, k) + shape),
+                       parallel.batch_sharding(mesh))
+        for key, k, shape in zip(keys, layout.n_measurements, layout.obs_shapes))
+    return StepRunner(method, config, mesh, layout, batch)
+
+
+GROWTH = {
+    "measurements_K": ("K", lambda v: growth_layout(k=v)),
+    "modalities_M": ("M", lambda v: growth_layout(m=v)),
+    "latent_dim_D": ("D", lambda v: growth_layout(d_per=v // 2)),
+}
+
+
+def section_growth(args) -> dict:
+    out = {}
+    values = {"measurements_K": args.k_list, "modalities_M": args.m_list,
+              "latent_dim_D": args.d_list}
+    for name, (symbol, make) in GROWTH.items():
+        runners = {v: growth_runner(make(v), args) for v in values[name]}
+        reps = {v: _reps(r.run(1), args.budget, args.steps, 50) for v, r in runners.items()}
+        times = paired_rounds(runners, reps, args.rounds)
+        xs = np.asarray(values[name], float)
+        ts = np.asarray([np.min(times[v]) for v in values[name]])
+        slope = float(np.polyfit(np.log(xs), np.log(ts), 1)[0])
+        flops = np.asarray([runners[v].flops for v in values[name]])
+        flop_slope = float(np.polyfit(np.log(xs), np.log(flops), 1)[0])
+        out[name] = {"symbol": symbol, "values": values[name], "batch": args.growth_batch,
+                     "step_min_s": ts.tolist(),
+                     "step_median_s": [float(np.median(times[v])) for v in values[name]],
+                     "flops_per_step": flops.tolist(), "time_exponent": slope,
+                     "flops_exponent": flop_slope}
+        print(f"  {name}: time exponent {slope:.2f} (FLOPs exponent {flop_slope:.2f})",
+              flush=True)
+    return out
+
+
+def section_parts(args) -> list[dict]:
+    rows = []
+    for model, batch in ((m, args.parts_batch if m == "numerical_case2" else args.parts_image_batch)
+                         for m in args.models):
+        if model == "variant_mnist_3m" and not images_available(args.data_dir):
+            continue
+        config, method, mesh, source, layout = setup_model(model, args, batch)
+        runners = part_runners(method, config, mesh, layout, source)
+        reps = {k: _reps(r.run(1), args.budget, args.steps, 50) for k, r in runners.items()}
+        times = paired_rounds(runners, reps, args.rounds)
+        step = float(np.min(times["train step"]))
+        for name in runners:
+            t = float(np.min(times[name]))
+            rows.append({"model": model, "batch": batch, "part": name, "min_s": t,
+                         "median_s": float(np.median(times[name])), "fraction_of_step": t / step,
+                         "flops": runners[name].flops})
+            print(f"  {model} B={batch} {name:28s} {t * 1e3:8.1f} ms  {t / step:6.1%}",
+                  flush=True)
+    return rows
+
+
+class _Fn:
+    """A jitted function of fixed arguments, timed like a step."""
+
+    def __init__(self, fn, *args_):
+        self.args = args_
+        self.compiled = jax.jit(fn).lower(*args_).compile()
+        self.flops = _flops(self.compiled)
+        jax.block_until_ready(self.compiled(*args_))
+
+    def run(self, n: int) -> float:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            out = self.compiled(*self.args)
+        jax.block_until_ready(out)
+        return (time.perf_counter() - t0) / n
+
+
+def _sum_all(tree):
+    return sum(jnp.sum(x) for x in jax.tree_util.tree_leaves(tree))
+
+
+def part_runners(method, config, mesh, layout, source) -> dict:
+    """Forward + backward of each part of the model on one seed's batch."""
+    model = method.model
+    xs = tuple(x[0] for x in source(0))  # drop the seed axis
+    key = jax.random.PRNGKey(1)
+    params = method.init(key, xs)
+    post = model.apply({"params": params}, xs, method="encode")
+    z = post["z_mean"]
+    etas = [m for m, _ in post["eta"]]
+
+    def encoder(p, xs):
+        return jax.grad(lambda p: _sum_all(model.apply({"params": p}, xs, method="encode")))(p)
+
+    def prior(p, z):
+        return jax.grad(lambda p, z: jnp.sum(model.apply({"params": p}, z, method="log_prior")),
+                        argnums=(0, 1))(p, z)
+
+    def decoder(p, z, etas):
+        return jax.grad(lambda p, z, e: _sum_all(model.apply({"params": p}, z, e, method="decode")),
+                        argnums=(0, 1, 2))(p, z, etas)
+
+    def loss_fwd(p, xs):
+        return method.loss(p, xs, key)[0]
+
+    def loss_fwd_bwd(p, xs):
+        return jax.value_and_grad(lambda p: method.loss(p, xs, key)[0])(p)
+
+    tx = steps.make_optimizer(config.train)
+    opt_state = tx.init(params)
+
+    def optimiser(p, opt_state, grads):
+        updates, opt_state = tx.update(grads, opt_state, p)
+        return jax.tree_util.tree_map(jnp.add, p, updates), opt_state
+
+    runners = {
+        "encoder (fwd+bwd)": _Fn(encoder, params, xs),
+        "causal prior (fwd+bwd)": _Fn(prior, params, z),
+        "decoder (fwd+bwd)": _Fn(decoder, params, z, etas),
+        "loss forward": _Fn(loss_fwd, params, xs),
+        "loss forward+backward": _Fn(loss_fwd_bwd, params, xs),
+        "optimiser update": _Fn(optimiser, params, opt_state, params),
+    }
+    runners["train step"] = StepRunner(method, config, mesh, layout, source(0))
+    return runners
+
+
+# ----------------------------------------------------------------------------- output
+def _fmt(v, spec):
+    return "-" if v is None or (isinstance(v, float) and np.isnan(v)) else format(v, spec)
+
+
+def print_tables(results: dict) -> None:
+    if results.get("throughput"):
+        print("\n## Throughput (1 seed, 1 device; best of rounds)")
+        print(f"{'model':18s} {'batch':>6s} {'steps/s':>8s} {'samples/s':>10s} {'GFLOP/step':>10s} "
+              f"{'GFLOP/s':>8s} {'mm GFLOP/s':>10s} {'ratio':>6s} {'peak mm':>8s} "
+              f"{'compile s':>9s} {'sample/step':>11s} {'RSS MB':>7s} {'temp MB':>7s} {'dev MB':>7s}")
+        for r in results["throughput"]:
+            print(f"{r['model']:18s} {r['batch']:6d} {r['steps_per_s']:8.2f} "
+                  f"{r['samples_per_s']:10.0f} {r['flops_per_step'] / 1e9:10.3f} "
+                  f"{r['achieved_flops'] / 1e9:8.1f} {r['matmul_flops'] / 1e9:10.1f} "
+                  f"{r['ratio_vs_matmul']:6.2f} {r['peak_matmul_flops'] / 1e9:8.1f} "
+                  f"{r['compile_s']:9.1f} {r['sample_fraction_of_step']:11.3f} "
+                  f"{r['host_peak_rss_mb']:7.0f} {_fmt(r['xla_temp_mb'], '7.0f')} "
+                  f"{_fmt(r['device_peak_mb'], '7.0f')}")
+    if results.get("seeds"):
+        print("\n## Seeds trained together (vmap), numerical_case2")
+        print(f"{'batch':>6s} {'seeds':>5s} {'ms/step':>8s} {'x 1 seed':>8s} {'per-seed cost':>13s}")
+        for r in results["seeds"]:
+            print(f"{r['batch']:6d} {r['seeds']:5d} {r['step']['min_s'] * 1e3:8.1f} "
+                  f"{r['time_vs_one_seed']:8.2f} {r['per_seed_cost_vs_one_seed']:13.2f}")
+    if results.get("devices"):
+        print("\n## Devices (fixed global batch), numerical_case2")
+        print(f"{'devices':>7s} {'batch':>6s} {'ms/step':>8s} {'speedup':>7s} {'compile s':>9s}")
+        for r in results["devices"]:
+            print(f"{r['devices']:7d} {r['batch']:6d} {r['step']['min_s'] * 1e3:8.1f} "
+                  f"{r['speedup_vs_first']:7.2f} {r['compile_s']:9.1f}")
+    if results.get("growth"):
+        print("\n## Growth (1 seed, batch per row below)")
+        for name, g in results["growth"].items():
+            print(f"{name} (batch {g['batch']}): exponent time {g['time_exponent']:.2f}, "
+                  f"FLOPs {g['flops_exponent']:.2f}")
+            print("  " + " ".join(f"{g['symbol']}={v}:{t * 1e3:.1f}ms"
+                                  for v, t in zip(g["values"], g["step_min_s"])))
+    if results.get("parts"):
+        print("\n## Parts of the step")
+        print(f"{'model':18s} {'batch':>6s} {'part':28s} {'ms':>8s} {'of step':>8s} {'GFLOP':>7s}")
+        for r in results["parts"]:
+            print(f"{r['model']:18s} {r['batch']:6d} {r['part']:28s} {r['min_s'] * 1e3:8.1f} "
+                  f"{r['fraction_of_step']:8.1%} {r['flops'] / 1e9:7.3f}")
+
+
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sections", default=",".join(SECTIONS))
+    p.add_argument("--models", default=",".join(MODELS))
+    p.add_argument("--batch_sizes", default="256,1024,4096,16384")
+    p.add_argument("--image_max_batch", type=int, default=16384,
+                   help="largest batch for variant_mnist_3m (images are ~100x costlier)")
+    p.add_argument("--data_dir", default=default_data_dir(),
+                   help="folder with mnist/ and fashion-mnist/ (default $CRL_JAX_DATA_DIR "
+                        "or ../shared/data)")
+    p.add_argument("--rounds", type=int, default=3, help="timing rounds per measurement")
+    p.add_argument("--steps", type=int, default=2, help="least steps per round")
+    p.add_argument("--budget", type=float, default=0.5, help="target seconds per round")
+    p.add_argument("--seeds_list", default="1,2,4,8,16")
+    p.add_argument("--seed_batches", default="512,4096")
+    p.add_argument("--devices_list", default="1,2,4,8")
+    p.add_argument("--devices_batch", type=int, default=4096)
+    p.add_argument("--growth_batch", type=int, default=1024)
+    p.add_argument("--k_list", default="1,2,4,6,8,10")
+    p.add_argument("--m_list", default="2,3,4,6,8")
+    p.add_argument("--d_list", default="4,8,16,32,64")
+    p.add_argument("--parts_batch", type=int, default=4096)
+    p.add_argument("--parts_image_batch", type=int, default=256)
+    p.add_argument("--out", default=None, help="write all results as JSON to this file")
+    p.add_argument("--_devices_worker", type=int, default=0, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    args.sections = [s for s in args.sections.split(",") if s]
+    args.models = [m for m in args.models.split(",") if m]
+    bad = sorted(set(args.sections) - set(SECTIONS)) + sorted(set(args.models) - set(MODELS))
+    if bad:
+        p.error(f"unknown section(s)/model(s) {bad}; sections {list(SECTIONS)}, "
+                f"models {list(MODELS)}")
+    for name in ("batch_sizes", "seeds_list", "seed_batches", "devices_list", "k_list",
+                 "m_list", "d_list"):
+        setattr(args, name, _ints(getattr(args, name)))
+    if args.rounds < 1 or args.steps < 1:
+        p.error("--rounds and --steps must be >= 1")
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    jax.config.update("jax_enable_compilation_cache", False)  # real compile times
+    if args._devices_worker:
+        print(json.dumps(devices_row(args._devices_worker, args)))
+        return {}
+    dev = jax.devices()[0]
+    info = {
+        "command": " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]),
+        "platform": dev.platform, "device_kind": dev.device_kind,
+        "device_count": jax.device_count(), "cpu_count": os.cpu_count(),
+        "jax": jax.__version__, "python": platform.python_version(),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "load_avg_at_start": os.getloadavg(),
+    }
+    print(f"{dev.platform} {dev.device_kind} x{jax.device_count()}, {os.cpu_count()} CPUs, "
+          f"load {info['load_avg_at_start'][0]:.1f}, XLA_FLAGS={info['xla_flags']!r}", flush=True)
+    results = {}
+    t0 = time.time()
+    for name in args.sections:
+        print(f"# {name}", flush=True)
+        results[name] = globals()[f"section_{name}"](args)
+    info["load_avg_at_end"] = os.getloadavg()
+    info["wall_s"] = time.time() - t0
+    info["host_peak_rss_mb"] = host_peak_rss_mb()
+    print_tables(results)
+    print(f"\nload average at start {info['load_avg_at_start'][0]:.1f}, at end "
+          f"{info['load_avg_at_end'][0]:.1f}; wall {info['wall_s']:.0f} s")
+    out = {"info": info, **results}
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(out, f, indent=1, default=float)
+        print(f"wrote {args.out}")
+    return out
+
+
+if __name__ == "__main__":
+    main()
