@@ -102,3 +102,20 @@ def test_fused_heads_match_two_gaussian_heads(eta_dim):
     for a, b in zip(outs, outs_ref):
         assert a.shape == b.shape
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+
+
+def test_conv_encoder_decoder_same_on_both_backends_paths(monkeypatch):
+    """The library-conv path (GPU/TPU) and the patch path (CPU) give the same networks."""
+    assert networks.matmul_convolutions() == (jax.default_backend() == "cpu")
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 14, 14, 3))
+    code = jax.random.normal(jax.random.PRNGKey(1), (2, 5))
+    enc = networks.FeatureEncoder("conv", (16,))
+    dec = networks.MeasurementDecoder("conv", (16,), (14, 14, 3))
+    outs = {}
+    for patches in (True, False):
+        monkeypatch.setattr(networks, "matmul_convolutions", lambda p=patches: p)
+        pe = enc.init(jax.random.PRNGKey(2), x)
+        pd = dec.init(jax.random.PRNGKey(3), code)
+        outs[patches] = (pe, enc.apply(pe, x), pd, dec.apply(pd, code))
+    for a, b in zip(outs[True], outs[False]):
+        jax.tree_util.tree_map(lambda u, v: np.testing.assert_allclose(u, v, atol=1e-5), a, b)

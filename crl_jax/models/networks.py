@@ -1,18 +1,19 @@
 """Encoder and decoder networks (one instance per measurement, stacked with ``nn.vmap``).
 
-The image convolutions are written as patch matrix products (:class:`Conv4x4s2`,
-:class:`ConvTranspose4x4s2`), numerically the same maps and parameter trees as
-``nn.Conv`` / ``nn.ConvTranspose`` with a 4x4 kernel, stride 2 and 'SAME' padding. Why:
-``nn.vmap`` over measurements turns a convolution with per-measurement kernels into a
-grouped convolution, which XLA:CPU runs (and differentiates) through its slow generic
-emitter: the variant-MNIST step was 3-6x slower than with batched matrix products (see
-docs/PERFORMANCE.md). Matrix products batch over measurements on every backend.
+On CPU the image convolutions are patch matrix products (:class:`Conv4x4s2`,
+:class:`ConvTranspose4x4s2`): numerically the same maps and parameter trees as
+``nn.Conv`` / ``nn.ConvTranspose`` with a 4x4 kernel, stride 2 and 'SAME' padding, which
+other backends use. Why: ``nn.vmap`` over measurements turns a convolution with
+per-measurement kernels into a grouped convolution, which XLA:CPU runs (and
+differentiates) through a slow generic emitter: the variant-MNIST step was 2.8x slower at
+batch 128 (docs/PERFORMANCE.md). The price is memory (patches: ~3.6x the temporary memory).
 """
 from __future__ import annotations
 
 from typing import Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -34,6 +35,25 @@ class MLP(nn.Module):
         for width in self.features[:-1]:
             x = nn.leaky_relu(nn.Dense(width)(x), 0.2)
         return nn.Dense(self.features[-1])(x)
+
+
+def matmul_convolutions() -> bool:
+    """Whether the conv layers use the patch matrix products (on CPU) or flax's library
+    convolutions (GPU/TPU, where grouped convolutions are fast and the patches would cost
+    memory: the patch form needs ~3.6x the step's temporary memory of the conv form)."""
+    return jax.default_backend() == "cpu"
+
+
+def _conv(features: int, name: str) -> nn.Module:
+    if matmul_convolutions():
+        return Conv4x4s2(features, name=name)
+    return nn.Conv(features, (_KERNEL, _KERNEL), strides=(_STRIDE, _STRIDE), name=name)
+
+
+def _conv_transpose(features: int, name: str) -> nn.Module:
+    if matmul_convolutions():
+        return ConvTranspose4x4s2(features, name=name)
+    return nn.ConvTranspose(features, (_KERNEL, _KERNEL), strides=(_STRIDE, _STRIDE), name=name)
 
 
 def _same_padding(size: int) -> tuple[int, tuple[int, int]]:
@@ -104,7 +124,7 @@ class FeatureEncoder(nn.Module):
                 raise ValueError(f"model.encoder='conv' needs image observations (B, H, W, C); "
                                  f"got shape {x.shape}. Use model.encoder='mlp' for vectors.")
             for i, channels in enumerate((32, 64)):   # names as nn.Conv's: same params
-                x = nn.leaky_relu(Conv4x4s2(channels, name=f"Conv_{i}")(x), 0.2)
+                x = nn.leaky_relu(_conv(channels, name=f"Conv_{i}")(x), 0.2)
             x = x.reshape(x.shape[0], -1)
         else:
             x = x.reshape(x.shape[0], -1)
@@ -203,8 +223,8 @@ class MeasurementDecoder(nn.Module):
             h0, w0 = -(-height // 4), -(-width // 4)   # upsample x4, then crop to size
             h = MLP(tuple(reversed(self.hidden)) + (64 * h0 * w0,))(code)
             h = nn.leaky_relu(h, 0.2).reshape(code.shape[0], h0, w0, 64)
-            h = nn.leaky_relu(ConvTranspose4x4s2(32, name="ConvTranspose_0")(h), 0.2)
-            out = ConvTranspose4x4s2(channels, name="ConvTranspose_1")(h)
+            h = nn.leaky_relu(_conv_transpose(32, name="ConvTranspose_0")(h), 0.2)
+            out = _conv_transpose(channels, name="ConvTranspose_1")(h)
             return out[:, :height, :width, :]
         out = MLP(tuple(reversed(self.hidden)) + (n_out,))(code)
         return out.reshape((code.shape[0],) + tuple(self.obs_shape))
