@@ -40,19 +40,25 @@ def maybe_initialize_distributed(coordinator: str = "", num_processes: int = 0,
                                  process_id: int = -1) -> bool:
     """``jax.distributed.initialize`` when flags or the usual environment ask for it.
 
-    Environment variables: ``CRL_JAX_COORDINATOR`` (host:port), ``CRL_JAX_NUM_PROCESSES``,
-    ``CRL_JAX_PROCESS_ID``. On Cloud TPU / SLURM, ``jax.distributed.initialize()`` with no
-    arguments auto-detects; set ``CRL_JAX_DISTRIBUTED=auto`` for that.
+    Arguments (``crl_jax.main`` flags ``--coordinator``, ``--num_processes``,
+    ``--process_id``) win over the environment variables ``CRL_JAX_COORDINATOR`` (host:port
+    of process 0), ``CRL_JAX_NUM_PROCESSES``, ``CRL_JAX_PROCESS_ID``. On Cloud TPU, SLURM,
+    Open MPI and Kubernetes, ``jax.distributed.initialize()`` with no arguments detects
+    all three; set ``CRL_JAX_DISTRIBUTED=auto`` for that. See docs/PERFORMANCE.md.
     """
     coordinator = coordinator or os.environ.get("CRL_JAX_COORDINATOR", "")
     num_processes = num_processes or int(os.environ.get("CRL_JAX_NUM_PROCESSES", "0"))
     if process_id < 0:
         process_id = int(os.environ.get("CRL_JAX_PROCESS_ID", "-1"))
-    if os.environ.get("CRL_JAX_DISTRIBUTED", "") == "auto":
+    auto = os.environ.get("CRL_JAX_DISTRIBUTED", "") == "auto"
+    if not coordinator and not auto:
+        return False
+    # CPU processes exchange gradients over gloo (older jax defaulted to no collectives).
+    if jax.config.jax_cpu_collectives_implementation in (None, "none"):
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if auto:
         jax.distributed.initialize()
         return True
-    if not coordinator:
-        return False
     if num_processes <= 0 or process_id < 0:
         raise ValueError("distributed run: set the number of processes and this process's id "
                          "(CRL_JAX_NUM_PROCESSES, CRL_JAX_PROCESS_ID) along with "

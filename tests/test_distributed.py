@@ -1,9 +1,9 @@
 """Multi-process training: 2 processes on loopback train the same model as 1 process.
 
-Each process is started with ``CRL_JAX_COORDINATOR=127.0.0.1:<free port>``,
-``CRL_JAX_NUM_PROCESSES=2`` and its ``CRL_JAX_PROCESS_ID``, calls
-``parallel.maybe_initialize_distributed()`` (``jax.distributed.initialize``; CPU collectives
-over gloo) and runs the real training loop ``train.train`` on the global 2-device mesh, each
+Process 0 is started with ``CRL_JAX_COORDINATOR=127.0.0.1:<free port>``,
+``CRL_JAX_NUM_PROCESSES=2``, ``CRL_JAX_PROCESS_ID=0``, process 1 gets the same as arguments
+(the ``crl_jax.main`` flags); both call ``parallel.maybe_initialize_distributed``
+(``jax.distributed.initialize``; CPU collectives over gloo) and runs the real training loop ``train.train`` on the global 2-device mesh, each
 process holding half of every batch. A third process trains the same config alone on one
 device. Losses per step and final parameters must agree to float tolerance, and only
 process 0 may write the metrics.
@@ -27,7 +27,10 @@ WORKER = textwrap.dedent(f"""
     import json, os, sys
     import jax, numpy as np
     from crl_jax import parallel
-    distributed = parallel.maybe_initialize_distributed()
+    # argv: workdir [coordinator num_processes process_id] (else the environment)
+    coordinator, num, pid = (sys.argv[2], int(sys.argv[3]), int(sys.argv[4])) \
+        if len(sys.argv) > 2 else ("", 0, -1)
+    distributed = parallel.maybe_initialize_distributed(coordinator, num, pid)
     from configs import synthetic as cfgs
     from crl_jax import experiment, input_pipeline, train
     config = cfgs.get_config("smoke")
@@ -67,9 +70,9 @@ def _env(**extra) -> dict:
     return env
 
 
-def _start(workdir, env) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", WORKER, str(workdir)], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def _start(workdir, env, *args) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", WORKER, str(workdir), *args], cwd=ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def _finish(procs: list[subprocess.Popen]) -> list[str]:
@@ -103,9 +106,11 @@ def test_two_processes_train_the_same_model_as_one(tmp_path):
     multi.mkdir()
     single.mkdir()
     coordinator = f"127.0.0.1:{_free_port()}"
-    procs = [_start(multi, _env(CRL_JAX_COORDINATOR=coordinator, CRL_JAX_NUM_PROCESSES="2",
-                                CRL_JAX_PROCESS_ID=str(i))) for i in range(2)]
-    procs.append(_start(single, _env()))
+    procs = [  # process 0 configured by environment variables, process 1 by arguments
+        _start(multi, _env(CRL_JAX_COORDINATOR=coordinator, CRL_JAX_NUM_PROCESSES="2",
+                           CRL_JAX_PROCESS_ID="0")),
+        _start(multi, _env(), coordinator, "2", "1"),
+        _start(single, _env())]
     _finish(procs)
 
     infos = [json.loads((multi / f"info_{i}.json").read_text()) for i in range(2)]
