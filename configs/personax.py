@@ -38,6 +38,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from configs import default
+from configs import synthetic as synthetic_config
 
 # The paper's latent sizes and measurement counts (PersonaX, ICLR 2026, section 5).
 VARIANTS = {
@@ -45,16 +46,8 @@ VARIANTS = {
     "athle": {"shared_dim": 2, "image_dim": 5, "text_dim": 5, "n_image": 1, "n_text": 3},
 }
 def apply_smoke(config: ml_collections.ConfigDict) -> None:
-    """A run of a few seconds: tiny network, few steps, small PC sample."""
-    config.model.hidden = (32, 32)
-    config.model.prior_hidden = 8
-    config.train.steps = 30
-    config.train.batch_size = 64
-    config.train.warmup_steps = 5
-    config.train.num_seeds = 2
-    config.train.log_every = 10
-    config.train.checkpoint_every = 10
-    config.train.progress = False
+    """A run of a few seconds: the synthetic smoke settings plus a small PC sample."""
+    synthetic_config.apply_smoke(config)
     config.causal_discovery.max_n = 500
 
 
