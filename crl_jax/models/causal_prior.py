@@ -118,9 +118,10 @@ class CausalPrior(nn.Module):
                           flow_slope=self.flow_slope, flow_shift=self.flow_shift)
         return params
 
-    def _h(self, p, z_i: jnp.ndarray, parents: jnp.ndarray) -> jnp.ndarray:
-        """Noise of one dimension: scalar z_i, parents (D,) = W_i * z. Increasing in z_i."""
-        hid = jnp.tanh(parents @ p["w1"] + p["b1"])
+    def _h(self, p, z_i: jnp.ndarray, pre: jnp.ndarray) -> jnp.ndarray:
+        """Noise of one dimension: scalar z_i, pre (hidden,) = (W_i * z) @ w1_i, the first
+        layer of its conditional MLP before the bias. Increasing in z_i."""
+        hid = jnp.tanh(pre + p["b1"])
         loc, log_scale = hid @ p["w2"] + p["b2"]
         log_scale = _MAX_LOG_SCALE * jnp.tanh(log_scale / _MAX_LOG_SCALE)
         eps = (z_i - loc) * jnp.exp(-log_scale)
@@ -134,11 +135,14 @@ class CausalPrior(nn.Module):
         """Returns (eps, log|d h_i / d z_i|), each (B, D)."""
         chex.assert_rank(z, 2)
         chex.assert_axis_dimension(z, 1, self.dim)
-        parents = self.adjacency()[None, :, :] * z[:, None, :]  # (B, D, D): W_i * z
+        params = self._dim_params()
+        # (W_i * z) @ w1_i for every dimension i as one product, without the (B, D, D)
+        # tensor of parents. W_ii = 0, so it does not depend on z_i.
+        pre = jnp.einsum("bj,ijh->bih", z, self.adjacency()[:, :, None] * params.pop("w1"))
         value_and_grad = jax.value_and_grad(self._h, argnums=1)
         per_dim = jax.vmap(value_and_grad, in_axes=(0, 0, 0))      # over dimensions
         per_batch = jax.vmap(per_dim, in_axes=(None, 0, 0))         # over the batch
-        eps, slope = per_batch(self._dim_params(), z, parents)
+        eps, slope = per_batch(params, z, pre)
         return eps, jnp.log(jnp.abs(slope))
 
     def __call__(self, z: jnp.ndarray) -> jnp.ndarray:
