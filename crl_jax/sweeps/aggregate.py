@@ -89,7 +89,7 @@ def summary_markdown(df: pd.DataFrame, entries, fields: list[str], sweep_name: s
     """Mean ± std over seeds per setting, plus unfinished and failed entries."""
     lines = [f"# Sweep `{sweep_name}`", ""]
     if command:
-        lines += ["Command:", "", f"    {command}", ""]
+        lines += ["Written by:", "", f"    {command}", ""]
     lines += [f"{len(state['done'])} of {len(entries)} runs finished"
               + (f", {len(state['failed'])} failed" if state["failed"] else "") + ". "
               "Held-out test metrics, mean ± std over seeds (population std); `mcc_pearson_val` "
