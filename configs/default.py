@@ -23,6 +23,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.data.eval_fit_size = 5000           # held-out samples to fit R^2 regressions
     config.data.val_size = 2000                # held-out: R^2 hyper-parameters, MCC matching
     config.data.test_size = 5000               # held-out: reported numbers
+    config.data.noise = ""                     # "" = the preset's; or gaussian / laplace / uniform
+    config.data.n_cross_edges = -1             # -1 = the preset's graph; N: N cross-modal edges
 
     config.model = ml_collections.ConfigDict()
     config.model.name = "personax"
@@ -34,6 +36,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.model.flow_units = 0                # >0: monotone flow on each noise variable
     config.model.latent_dims = ()              # () = the true block sizes of the preset
     config.model.eta_dim = -1                  # -1 = the true eta size of the preset
+    config.model.temperature = 1.0             # contrastive methods: InfoNCE temperature
+    config.model.learn_temperature = False     # contrastive methods: learn it instead
+    config.model.similarity = "l2"             # contrastive methods: "l2" or "cosine"
 
     config.loss = ml_collections.ConfigDict()
     config.loss.recon_std = 0.2                # std of the Gaussian likelihood (chosen on val MCC)

@@ -30,7 +30,7 @@ def spec_overrides(data_cfg) -> dict:
 
 
 def _optional_overrides(data_cfg) -> dict:
-    """Fields a config may add (sweeps): ``data.noise`` ("" = the preset's) and
+    """Optional data fields: ``data.noise`` ("" = the preset's) and
     ``data.n_cross_edges`` (-1 = the preset's; numerical presets only)."""
     out = {}
     if data_cfg.get("noise", ""):

@@ -39,23 +39,10 @@ def base_config(preset: str | None, smoke: bool) -> ml_collections.ConfigDict:
     else:
         config = synthetic.get_config(",".join(([preset] if preset else [])
                                                + (["smoke"] if smoke else [])))
-    add_optional_fields(config)
     if smoke:
         config.eval.plots = False
         config.train.warmup_steps = 1
     return config
-
-
-def add_optional_fields(config: ml_collections.ConfigDict) -> None:
-    """Fields read with defaults by the code but absent from configs/default.py."""
-    defaults = {
-        "data": {"noise": "", "n_cross_edges": -1},
-        "model": {"temperature": 1.0, "learn_temperature": False, "similarity": "l2"},
-    }
-    for section, fields in defaults.items():
-        for name, value in fields.items():
-            if name not in config[section]:
-                config[section][name] = value
 
 
 def sweep_config(name: str, base: ml_collections.ConfigDict, product=(), zip_=()
