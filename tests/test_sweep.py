@@ -19,7 +19,7 @@ from crl_jax.sweeps import grid
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SWEEPS = ("methods", "measurements", "sparsity", "sample_size", "shared_latent", "noise",
-          "calibration")
+          "calibration", "cases")
 # (field, full grid, smoke grid) of each shipped sweep.
 EXPECTED = {
     "methods": [("model.name", ("personax", "mmcrl", "betavae", "mcl", "multiview", "oracle",
@@ -33,6 +33,8 @@ EXPECTED = {
     "noise": [("data.noise", ("gaussian", "laplace", "uniform"), ("gaussian", "laplace"))],
     "calibration": [("model.name", ("mcl", "multiview", "oracle", "random_encoder", "pca"),
                      ("mcl", "oracle"))],
+    "cases": [("data.preset", ("numerical_case1", "numerical_case2", "numerical_case3"),
+               ("numerical_case1", "numerical_case3"))],
 }
 
 
@@ -101,6 +103,8 @@ def test_shipped_sweep_grids_are_valid(name, variant):
                 assert spec.n_measurements == (value, value)
             if field == "data.shared_dim":
                 assert spec.shared_dim == value
+            if field == "data.preset":
+                assert spec.name == value
     if variant == "smoke":
         assert entries[0].config.train.steps <= 30 and entries[0].config.eval.plots is False
 
@@ -108,6 +112,9 @@ def test_shipped_sweep_grids_are_valid(name, variant):
 def test_sweep_variants_and_presets():
     with pytest.raises(ValueError, match="unknown variant"):
         _sweep_module("methods").get_config("case9")
+    with pytest.raises(ValueError, match="sweeps the preset itself"):
+        _sweep_module("cases").get_config("case2")
+    assert _sweep_module("cases").get_config("").base.train.num_seeds == 5
     with pytest.raises(ValueError, match="fixed shared"):
         _sweep_module("shared_latent").get_config("content_style")
     cfg = _sweep_module("methods").get_config("case3,smoke")
