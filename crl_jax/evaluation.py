@@ -69,9 +69,13 @@ def evaluate_latents(true: dict, est: dict, true_blocks: dict, est_blocks: dict,
                        if b in est_blocks}
     out["r2_block_reverse"] = {b: out["r2"]["est_from_true"][b][b] for b in true_blocks
                                if b in est_blocks}
-    if est_weights is not None and est_weights.shape == true_adjacency.shape:
+    d_true = true_adjacency.shape[0]
+    # A model with more latent dimensions than the truth (e.g. room for a nuisance shared
+    # by all measurements) is scored on the graph over its matched components only.
+    if (est_weights is not None and est_weights.ndim == 2
+            and est_weights.shape[0] == est_weights.shape[1] >= d_true):
         est_adj = metrics.threshold_adjacency(est_weights, float(eval_cfg.graph_threshold))
-        aligned = metrics.align_to_true(est_adj, matching, true_adjacency.shape[0])
+        aligned = metrics.align_to_true(est_adj, matching, d_true)
         out["graph"] = metrics.graph_scores(true_adjacency, aligned,
                                             reversal_cost=int(eval_cfg.shd_reversal_cost))
         out["graph"]["estimated_adjacency"] = aligned.astype(int).tolist()
