@@ -33,6 +33,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.image_size = 28
     config.model.encoder = "conv"
     config.model.hidden = (256,)
+    # One latent dimension per block beyond the two causal ones: the digit (and the fashion
+    # item) is the same in every colour measurement, so its identity is shared by the
+    # measurements -- part of z_m by the model's own definition, not measurement-specific
+    # eta. With exactly 2 dims the identity competes with the causal latents (held-out
+    # validation MCC 0.49 with (2, 2) vs 0.56 with (3, 3), :small, 3 seeds; docs/RESULTS.md).
+    # MCC and the graph are scored on the matched components (evaluation.py).
+    config.model.latent_dims = (3, 3)
     config.loss.recon_std = 0.1
     config.train.batch_size = 128
     config.train.steps = 6000
@@ -44,6 +51,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if "small" in parts:  # CPU-friendly: 14x14 images, MLP encoders (vmapped convs are slow
         config.data.image_size = 14  # on XLA:CPU, see docs/PERFORMANCE.md)
         config.model.encoder = "mlp"
+        config.train.steps = 3000
     if "smoke" in parts:
         apply_smoke(config)
         config.data.image_size = 14
