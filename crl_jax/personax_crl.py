@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from crl_jax import causal_discovery as cd
-from crl_jax import config_validation, evaluation, input_pipeline, methods, parallel, train
+from crl_jax import config_validation, evaluation, input_pipeline, methods, parallel, reporting, train
 from crl_jax.data import personax
 from crl_jax.models import vae
 
@@ -455,7 +455,7 @@ def train_and_evaluate(config, workdir: str, *, stop_after_step=None) -> dict | 
         "post_seconds": time.time() - t1,
     }
     report["files"] = sorted(os.path.basename(f) for f in files) + ["report.json", "report.md", "rows.csv"]
-    report = _jsonable(report)
+    report = reporting.jsonable(report, nan_as_null=True)
     with open(os.path.join(workdir, "report.json"), "w") as f:
         json.dump(report, f, indent=1)
     md = _markdown(report)
@@ -465,15 +465,3 @@ def train_and_evaluate(config, workdir: str, *, stop_after_step=None) -> dict | 
     return report
 
 
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return None
-    return obj

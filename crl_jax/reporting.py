@@ -7,15 +7,21 @@ import os
 import numpy as np
 
 
-def _jsonable(obj):
+def jsonable(obj, nan_as_null: bool = False):
+    """Plain Python containers and numbers of ``obj`` (numpy arrays and scalars included).
+
+    ``nan_as_null``: write non-finite floats as ``null`` (strict JSON) instead of ``NaN``.
+    """
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v, nan_as_null) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v, nan_as_null) for v in obj]
     if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, (np.floating, np.integer)):
-        return obj.item()
+        return jsonable(obj.tolist(), nan_as_null)
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if nan_as_null and isinstance(obj, float) and not np.isfinite(obj):
+        return None
     return obj
 
 
@@ -58,10 +64,10 @@ def markdown(report: dict) -> str:
 
 def clean(report: dict) -> dict:
     """The JSON-ready report (what :func:`write` saves as report.json)."""
-    out = _jsonable({k: v for k, v in report.items() if k != "evaluation"})
+    out = jsonable({k: v for k, v in report.items() if k != "evaluation"})
     ev = dict(report["evaluation"])
     ev.pop("test_latents", None)
-    out["evaluation"] = _jsonable(ev)
+    out["evaluation"] = jsonable(ev)
     return out
 
 
