@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 _TRAIN_SET_SALT = 0x7A11
 _BATCH_SALT = 0xBA7C
@@ -25,7 +26,10 @@ class BatchSource:
         self._key = jax.random.fold_in(jax.random.PRNGKey(int(train_cfg.seed)), _BATCH_SALT)
         s, b = self.num_seeds, self.batch_size
 
-        def make_split(key, data):
+        def make_split(key, step, data):
+            # The step's key is derived inside the jitted function: an eager fold_in is a
+            # separate dispatch that cost ~0.15 ms, a third of sampling a batch of 256.
+            key = jax.random.fold_in(key, step)
             return tuple(x.reshape((s, b) + x.shape[1:]) for x in make(key, s * b, data))
 
         self._make = jax.jit(make_split, out_shardings=sharding)
@@ -53,4 +57,4 @@ class BatchSource:
         return cls(gather, xs, train_cfg, sharding)
 
     def __call__(self, step: int):
-        return self._make(jax.random.fold_in(self._key, step), self.train_set)
+        return self._make(self._key, np.uint32(step), self.train_set)

@@ -27,6 +27,21 @@ def test_fresh_batches_are_new_each_step_and_reproducible():
     np.testing.assert_array_equal(np.asarray(_source(0)(1)[0]), np.asarray(b1[0]))
 
 
+def test_batch_of_step_is_the_process_sample_under_the_step_key():
+    """source(step) draws from the process with key fold_in(fold_in(seed key, salt), step),
+    per seed a consecutive slice (the key derivation moved inside the jitted sampler)."""
+    src = _source(0)
+    config = synthetic_config.get_config("smoke")
+    process = experiment.load_or_make_process(config.data, None)
+    key = jax.random.fold_in(jax.random.PRNGKey(int(config.train.seed)),
+                             input_pipeline._BATCH_SALT)
+    for step in (0, 7, 2**31 + 5):
+        want = process.sample(jax.random.fold_in(key, step), 2 * 32).x
+        for got, x in zip(src(step), want):
+            np.testing.assert_allclose(np.asarray(got), np.asarray(x).reshape(got.shape),
+                                       rtol=1e-6, atol=1e-6)
+
+
 def test_fixed_training_set_batches_only_contain_training_rows():
     src = _source(50)
     train_rows = np.asarray(src.train_set[0]).reshape(50, -1)
