@@ -21,6 +21,9 @@ Sections (``--sections``, comma-separated):
   fitted exponent (slope of log time against log size).
 - ``parts``: what the step spends its time on: encoder, causal prior, decoder (each forward
   and backward), the whole loss forward, forward + backward, and the optimiser update.
+- ``bandwidth``: GB/s of a jitted elementwise ``a * x + b`` over float32 buffers of growing
+  size: where the buffers stop fitting the cache share this process gets, the bandwidth
+  drops, and so does the speed of a step whose temporaries (``xla_temp_mb``) exceed it.
 
 Timing: each measurement is ``--rounds`` rounds of ``--steps`` steps, blocked at the end of
 the round (every step on a multi-device CPU mesh, as the training loop does); reported is the
@@ -52,7 +55,7 @@ from configs import synthetic as synthetic_config  # noqa: E402
 from crl_jax import experiment, input_pipeline, methods, parallel, steps, train  # noqa: E402
 from crl_jax.models import vae  # noqa: E402
 
-SECTIONS = ("throughput", "seeds", "devices", "growth", "parts")
+SECTIONS = ("throughput", "seeds", "devices", "growth", "parts", "bandwidth")
 MODELS = ("numerical_case2", "variant_mnist_3m")
 
 
@@ -367,10 +370,25 @@ def section_growth(args) -> dict:
                      "step_min_s": ts.tolist(),
                      "step_median_s": [float(np.median(times[v])) for v in values[name]],
                      "flops_per_step": flops.tolist(), "time_exponent": slope,
+                     "xla_temp_mb": [runners[v].temp_mb for v in values[name]],
                      "flops_exponent": flop_slope}
         print(f"  {name}: time exponent {slope:.2f} (FLOPs exponent {flop_slope:.2f})",
               flush=True)
     return out
+
+
+def section_bandwidth(args) -> list[dict]:
+    rows = []
+    fn = jax.jit(lambda x: x * 1.0001 + 0.5)
+    for mb in args.bandwidth_mb:
+        x = jnp.ones((int(mb * 2**20 / 4),), jnp.float32)
+        runner = _Fn(fn, x)
+        times = paired_rounds({"f": runner}, {"f": _reps(runner.run(1), args.budget, 3, 2000)},
+                              args.rounds)
+        t = float(np.min(times["f"]))
+        rows.append({"buffer_mb": mb, "min_s": t, "gb_per_s": 2 * mb / 1024 / t})
+        print(f"  {mb:7.1f} MB in + out: {rows[-1]['gb_per_s']:6.1f} GB/s", flush=True)
+    return rows
 
 
 def section_parts(args) -> list[dict]:
@@ -501,6 +519,12 @@ def print_tables(results: dict) -> None:
                   f"FLOPs {g['flops_exponent']:.2f}")
             print("  " + " ".join(f"{g['symbol']}={v}:{t * 1e3:.1f}ms"
                                   for v, t in zip(g["values"], g["step_min_s"])))
+            print("  XLA temp MB: " + " ".join(f"{g['symbol']}={v}:{m:.0f}"
+                                               for v, m in zip(g["values"], g["xla_temp_mb"])))
+    if results.get("bandwidth"):
+        print("\n## Elementwise bandwidth (a * x + b, float32; read + write)")
+        print("  " + " ".join(f"{r['buffer_mb']:g}MB:{r['gb_per_s']:.1f}GB/s"
+                              for r in results["bandwidth"]))
     if results.get("parts"):
         print("\n## Parts of the step")
         print(f"{'model':18s} {'batch':>6s} {'part':28s} {'ms':>8s} {'of step':>8s} {'GFLOP':>7s}")
@@ -537,6 +561,8 @@ def parse_args(argv=None):
     p.add_argument("--d_list", default="4,8,16,32,64")
     p.add_argument("--parts_batch", type=int, default=4096)
     p.add_argument("--parts_image_batch", type=int, default=256)
+    p.add_argument("--bandwidth_mb", default="1,4,8,16,24,32,64,128",
+                   help="buffer sizes (MiB) of the bandwidth section")
     p.add_argument("--out", default=None, help="write all results as JSON to this file")
     p.add_argument("--_devices_worker", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -546,6 +572,7 @@ def parse_args(argv=None):
     if bad:
         p.error(f"unknown section(s)/model(s) {bad}; sections {list(SECTIONS)}, "
                 f"models {list(MODELS)}")
+    args.bandwidth_mb = [float(v) for v in args.bandwidth_mb.split(",") if v]
     for name in ("batch_sizes", "seeds_list", "seed_batches", "devices_list", "k_list",
                  "m_list", "d_list"):
         setattr(args, name, _ints(getattr(args, name)))
