@@ -2,10 +2,11 @@
 
     python benchmarks/bench_changes.py --out=bench_changes.json
 
-Each change is compared against the code it replaced, rebuilt here (the "before" forms are
-numerically the same maps, checked by tests/test_networks_equivalence.py and
-tests/test_causal_prior.py), interleaved over ``--rounds`` rounds; reported is the fastest
-round of each and the ratio before / after:
+Each change is compared against the code it replaced, rebuilt here, interleaved over
+``--rounds`` rounds; reported is the fastest round of each and the ratio before / after. The
+forms are the same maps: tests/test_networks_equivalence.py checks the conv and head forms
+against flax's modules, tests/test_causal_prior.py the prior against a brute-force
+change of variables, and ``sampling`` below asserts that both draw the same batch.
 
 - ``conv``: the variant-MNIST train step with flax's ``nn.Conv``/``nn.ConvTranspose``
   (grouped convolutions under ``nn.vmap``; ``networks.matmul_convolutions() -> False``)
