@@ -33,14 +33,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.image_size = 28
     config.model.encoder = "conv"
     config.model.hidden = (256,)
-    # Room in each block beyond the two causal latents: the digit (and the fashion item) is
-    # the same image in every colour measurement, so its identity is shared by the
+    # One latent dimension per block beyond the two causal ones: the digit (and the fashion
+    # item) is the same image in every colour measurement, so its identity is shared by the
     # measurements -- part of z_m by the model's own definitions, not measurement-specific
-    # eta. With exactly 2 dims the identity competes with the causal latents. Held-out
-    # validation MCC (:small, 3000 steps, 3 seeds): (2, 2) 0.49, (3, 3) 0.56, (6, 6) 0.65,
-    # (10, 10) 0.65 -> (6, 6), the smaller of the two best (docs/RESULTS.md). MCC, R^2 and
-    # the graph are scored on the components matched on the validation sample.
-    config.model.latent_dims = (6, 6)
+    # eta. With exactly 2 dims the identity competes with the causal latents. Validation MCC
+    # (:small, 3000 steps): (2, 2) 0.49, (3, 3) 0.54-0.56, (6, 6) 0.64-0.65, but more
+    # dimensions also give the MCC matching more candidates: the untrained-encoder control
+    # rises from 0.37 (3, 3) to 0.55 (6, 6) on validation, so most of that gain is the
+    # metric's, not the model's (docs/RESULTS.md section 5). (3, 3) is the smallest change
+    # that helps. MCC, R^2 and the graph are scored on the matched components.
+    config.model.latent_dims = (3, 3)
     config.loss.recon_std = 0.1
     config.train.batch_size = 128
     config.train.steps = 6000
