@@ -249,11 +249,16 @@ def section_throughput(args) -> list[dict]:
 
 
 class _Sampler:
+    """Seconds per batch of ``source``, over whole chunks of ``source.prefetch_steps`` steps
+    (one sampler call draws that many steps' batches, so partial chunks would mis-measure)."""
+
     def __init__(self, source):
-        self.source, self.step = source, 1
+        self.p = int(getattr(source, "prefetch_steps", 1))
+        self.source, self.step = source, self.p
         jax.block_until_ready(source(0))
 
     def run(self, n: int) -> float:
+        n = -(-n // self.p) * self.p
         t0 = time.perf_counter()
         for _ in range(n):
             out = self.source(self.step)

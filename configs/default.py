@@ -56,6 +56,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.train.grad_clip = 1.0
     config.train.seed = 0
     config.train.num_seeds = 3                 # replicas trained together (vmap)
+    config.train.prefetch_steps = 8            # batches drawn per sampler call (same batches)
     config.train.log_every = 100
     config.train.checkpoint_every = 1000
     config.train.keep_checkpoints = 2

@@ -7,9 +7,11 @@ from configs import synthetic as synthetic_config
 from crl_jax import experiment, input_pipeline, parallel
 
 
-def _source(train_size, num_seeds=2, batch_size=32):
+def _source(train_size, num_seeds=2, batch_size=32, prefetch_steps=None):
     config = synthetic_config.get_config("smoke")
     config.data.train_size = train_size
+    if prefetch_steps is not None:
+        config.train.prefetch_steps = prefetch_steps
     config.train.num_seeds = num_seeds
     config.train.batch_size = batch_size
     process = experiment.load_or_make_process(config.data, None)
@@ -40,6 +42,20 @@ def test_batch_of_step_is_the_process_sample_under_the_step_key():
         for got, x in zip(src(step), want):
             np.testing.assert_allclose(np.asarray(got), np.asarray(x).reshape(got.shape),
                                        rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("train_size", [0, 50])
+def test_batches_do_not_depend_on_how_many_steps_one_call_draws(train_size):
+    """prefetch_steps only amortises the sampler's dispatch: the batch of every step, asked in
+    any order (a resumed run starts mid-chunk), is the one of its own step key."""
+    one = _source(train_size, prefetch_steps=1)
+    for p in (3, 8):
+        src = _source(train_size, prefetch_steps=p)
+        for step in (5, 0, 1, 2, 3, 4, 9, 8, 17, 2**31 + 5):
+            for got, want in zip(src(step), one(step)):
+                np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="train.prefetch_steps"):
+        _source(train_size, prefetch_steps=0)
 
 
 def test_fixed_training_set_batches_only_contain_training_rows():
