@@ -215,10 +215,9 @@ def test_a_diverging_entry_is_recorded_and_the_sweep_goes_on(tmp_path):
 
 
 # ---------------------------------------------------------------------- every :smoke sweep
-# sample_size:smoke (the cheapest trained sweep) runs by default; the others are slow
-# (about 3 minutes together on 2 cores: one compilation per data shape).
-@pytest.mark.parametrize("name", [pytest.param(n, marks=() if n == "sample_size" else
-                                               pytest.mark.slow) for n in SWEEPS])
+# Every shipped sweep's :smoke version, end to end (about 2 minutes together on 2 cores, most
+# of it one compilation per data shape).
+@pytest.mark.parametrize("name", SWEEPS)
 def test_every_smoke_sweep_runs_end_to_end(tmp_path, name):
     cfg = _sweep_module(name).get_config("smoke")
     cfg.base.train.steps = 4
