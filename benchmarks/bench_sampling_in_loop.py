@@ -15,8 +15,6 @@ import jax  # noqa: E402
 
 import bench_train as bt  # noqa: E402
 
-from crl_jax import experiment, input_pipeline, parallel, train  # noqa: E402
-
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -26,13 +24,8 @@ def main(argv=None):
     args = bt.parse_args(["--sections=throughput"])
     print(f"load average at start {os.getloadavg()[0]:.1f}; train.prefetch_steps={a.prefetch_steps}")
     for batch in (int(b) for b in a.batch_sizes.split(",")):
-        config = bt.model_config("numerical_case2", args.data_dir, batch, 1)
-        config.train.prefetch_steps = a.prefetch_steps
-        mesh = parallel.make_mesh(jax.devices()[:1])
-        process, method, mesh = train.setup(config, None, mesh=mesh)
-        source = input_pipeline.BatchSource.from_process(process, config.data, config.train,
-                                                         parallel.batch_sharding(mesh))
-        layout = experiment.data_layout(process.spec)
+        config, method, mesh, source, layout = bt.setup_model(
+            "numerical_case2", args, batch, prefetch_steps=a.prefetch_steps)
         fixed = source(0)
         jax.block_until_ready(fixed)
         r = bt.StepRunner(method, config, mesh, layout, fixed)

@@ -176,8 +176,11 @@ def summary(ts) -> dict:
 
 
 # ----------------------------------------------------------------------------- builders
-def setup_model(model: str, args, batch: int, num_seeds: int = 1, devices=None):
+def setup_model(model: str, args, batch: int, num_seeds: int = 1, devices=None,
+                prefetch_steps: int | None = None):
     config = model_config(model, args.data_dir, batch, num_seeds)
+    if prefetch_steps is not None:
+        config.train.prefetch_steps = int(prefetch_steps)
     mesh = parallel.make_mesh(devices if devices is not None else jax.devices()[:1])
     process, method, mesh = train.setup(config, None, mesh=mesh)
     source = input_pipeline.BatchSource.from_process(process, config.data, config.train,
@@ -253,7 +256,7 @@ class _Sampler:
     (one sampler call draws that many steps' batches, so partial chunks would mis-measure)."""
 
     def __init__(self, source):
-        self.p = int(getattr(source, "prefetch_steps", 1))
+        self.p = source.prefetch_steps
         self.source, self.step = source, self.p
         jax.block_until_ready(source(0))
 
