@@ -25,6 +25,12 @@ Sections (``--sections``, comma-separated):
   size: where the buffers stop fitting the cache share this process gets, the bandwidth
   drops, and so does the speed of a step whose temporaries (``xla_temp_mb``) exceed it.
 
+``--microbatch`` (default ``both``): the throughput, seeds and growth sections time the
+one-pass step and the step a run with ``train.microbatch_size=-1`` uses (gradient
+accumulation over the fewest chunks whose XLA temporaries fit ``steps.AUTO_MICROBATCH_TEMP_MB``;
+the same step when that is one chunk). The chunked step is rated with the FLOPs of the
+one-pass step (the same arithmetic; XLA's cost analysis counts one iteration of a scan).
+
 Timing: each measurement is ``--rounds`` rounds of ``--steps`` steps, blocked at the end of
 the round (every step on a multi-device CPU mesh, as the training loop does); reported is the
 fastest round (the least disturbed on a shared machine) and the median. Ratios pair the two
@@ -114,14 +120,22 @@ def device_peak_mb(device) -> float | None:
 
 
 class StepRunner:
-    """A compiled train step with its (donated) state and one fixed batch."""
+    """A compiled train step with its (donated) state and one fixed batch.
 
-    def __init__(self, method, config, mesh, layout, batch):
+    ``microbatches > 1``: the gradient-accumulation step. XLA's cost analysis counts one
+    iteration of its ``lax.scan``, so pass ``flops`` (those of the one-pass step: the same
+    arithmetic) to rate it."""
+
+    def __init__(self, method, config, mesh, layout, batch, microbatches: int = 1,
+                 flops: float | None = None):
         self.state = train.init_state(method, config, mesh, layout)
+        self.microbatches = int(microbatches)
         t0 = time.perf_counter()
-        self.compiled = train.jit_train_step(method, mesh).lower(self.state, batch).compile()
+        self.compiled = train.jit_train_step(method, mesh, self.microbatches).lower(
+            self.state, batch).compile()
         self.compile_s = time.perf_counter() - t0
-        self.flops = _flops(self.compiled) * mesh.devices.size  # SPMD: per-device program
+        self.flops = (float(flops) if flops is not None
+                      else _flops(self.compiled) * mesh.devices.size)  # SPMD: per-device
         self.temp_mb = _temp_bytes(self.compiled) / 2**20
         self.batch = batch
         self.sync_each = parallel.needs_step_sync(mesh)
@@ -136,6 +150,20 @@ class StepRunner:
                 jax.block_until_ready(metrics)
         jax.block_until_ready((self.state, metrics))
         return (time.perf_counter() - t0) / n
+
+
+def step_runners(method, config, mesh, layout, batch, mode: str) -> dict:
+    """``{"one pass": runner}`` and/or ``{"auto": runner}`` (``train.microbatch_size=-1``:
+    as many chunks as ``steps.choose_microbatches`` picks from the one-pass step's XLA
+    temporaries; the same runner object when it picks 1)."""
+    one = StepRunner(method, config, mesh, layout, batch)
+    out = {} if mode == "auto" else {"one pass": one}
+    if mode in ("auto", "both"):
+        n = steps.choose_microbatches(one.temp_mb * 2**20, int(config.train.batch_size),
+                                      mesh.devices.size, steps.AUTO_MICROBATCH_TEMP_MB)
+        out["auto"] = one if n == 1 else StepRunner(method, config, mesh, layout, batch, n,
+                                                    flops=one.flops)
+    return out
 
 
 class Matmul:
@@ -212,43 +240,51 @@ def section_throughput(args) -> list[dict]:
             config, method, mesh, source, layout = setup_model(model, args, batch)
             batch_arrays = source(0)
             jax.block_until_ready(batch_arrays)
-            runner = StepRunner(method, config, mesh, layout, batch_arrays)
+            modes = step_runners(method, config, mesh, layout, batch_arrays, args.microbatch)
             sampler = _Sampler(source)
             rows_mm = batch * sum(layout.n_measurements)
             comparable = Matmul(rows_mm, widest_layer(config), widest_layer(config), device)
-            step_s = runner.run(1)
-            runners = {"step": runner, "sample": sampler, "matmul": comparable, "peak": peak}
-            reps = {"step": _reps(step_s, args.budget, args.steps, 50), "sample": 3,
-                    "matmul": _reps(comparable.run(1), args.budget),
-                    "peak": _reps(peak.run(1), args.budget)}
+            runners = {"sample": sampler, "matmul": comparable, "peak": peak, **modes}
+            reps = {"sample": 3, "matmul": _reps(comparable.run(1), args.budget),
+                    "peak": _reps(peak.run(1), args.budget),
+                    **{m: _reps(r.run(1), args.budget, args.steps, 50) for m, r in modes.items()}}
             times = paired_rounds(runners, reps, args.rounds)
-            best = {k: float(np.min(v)) for k, v in times.items()}
-            per_round = {k: np.asarray(v) for k, v in times.items()}
-            row = {
-                "model": model, "batch": batch, "seeds": 1, "compile_s": runner.compile_s,
-                "step": summary(times["step"]), "steps_per_s": 1.0 / best["step"],
-                "samples_per_s": batch / best["step"], "flops_per_step": runner.flops,
-                "achieved_flops": runner.flops / best["step"],
-                "matmul_shape": comparable.shape,
-                "matmul_flops": comparable.flops / best["matmul"],
-                "peak_matmul_flops": peak.flops / best["peak"],
-                "ratio_vs_matmul": (runner.flops / best["step"]) / (comparable.flops / best["matmul"]),
-                "ratio_vs_matmul_per_round": list(map(float, (runner.flops / per_round["step"])
-                                                      / (comparable.flops / per_round["matmul"]))),
-                "ratio_vs_matmul_median": float(np.median(
-                    (runner.flops / per_round["step"]) / (comparable.flops / per_round["matmul"]))),
-                "ratio_vs_peak_matmul": (runner.flops / best["step"]) / (peak.flops / best["peak"]),
-                "sample": summary(times["sample"]),
-                "sample_fraction_of_step": best["sample"] / best["step"],
-                "xla_temp_mb": runner.temp_mb, "host_peak_rss_mb": host_peak_rss_mb(),
-                "device_peak_mb": device_peak_mb(device),
-            }
-            rows.append(row)
-            print(f"  {model} B={batch}: {row['steps_per_s']:.2f} steps/s, "
-                  f"{row['achieved_flops'] / 1e9:.1f} GFLOP/s = {row['ratio_vs_matmul']:.2f} x "
-                  f"matmul ({row['matmul_flops'] / 1e9:.1f} GFLOP/s)", flush=True)
-            del runner, sampler, comparable
+            for mode, runner in modes.items():
+                times["step"] = times[mode]
+                row = throughput_row(model, batch, mode, runner, times, comparable, peak, device)
+                rows.append(row)
+                print(f"  {model} B={batch} {mode} ({runner.microbatches} chunk(s)): "
+                      f"{row['steps_per_s']:.2f} steps/s, "
+                      f"{row['achieved_flops'] / 1e9:.1f} GFLOP/s = {row['ratio_vs_matmul']:.2f} x "
+                      f"matmul ({row['matmul_flops'] / 1e9:.1f} GFLOP/s)", flush=True)
+            del modes, runners, sampler, comparable
     return rows
+
+
+def throughput_row(model, batch, mode, runner, times, comparable, peak, device) -> dict:
+    best = {k: float(np.min(v)) for k, v in times.items()}
+    per_round = {k: np.asarray(v) for k, v in times.items()}
+    row = {
+        "model": model, "batch": batch, "seeds": 1, "compile_s": runner.compile_s,
+        "microbatch_mode": mode, "microbatches": runner.microbatches,
+        "step": summary(times["step"]), "steps_per_s": 1.0 / best["step"],
+        "samples_per_s": batch / best["step"], "flops_per_step": runner.flops,
+        "achieved_flops": runner.flops / best["step"],
+        "matmul_shape": comparable.shape,
+        "matmul_flops": comparable.flops / best["matmul"],
+        "peak_matmul_flops": peak.flops / best["peak"],
+        "ratio_vs_matmul": (runner.flops / best["step"]) / (comparable.flops / best["matmul"]),
+        "ratio_vs_matmul_per_round": list(map(float, (runner.flops / per_round["step"])
+                                              / (comparable.flops / per_round["matmul"]))),
+        "ratio_vs_matmul_median": float(np.median(
+            (runner.flops / per_round["step"]) / (comparable.flops / per_round["matmul"]))),
+        "ratio_vs_peak_matmul": (runner.flops / best["step"]) / (peak.flops / best["peak"]),
+        "sample": summary(times["sample"]),
+        "sample_fraction_of_step": best["sample"] / best["step"],
+        "xla_temp_mb": runner.temp_mb, "host_peak_rss_mb": host_peak_rss_mb(),
+        "device_peak_mb": device_peak_mb(device),
+    }
+    return row
 
 
 class _Sampler:
@@ -273,22 +309,27 @@ class _Sampler:
 def section_seeds(args) -> list[dict]:
     rows = []
     for batch in args.seed_batches:
-        base = None
         runners, reps = {}, {}
         for s in args.seeds_list:
             config, method, mesh, source, layout = setup_model("numerical_case2", args, batch, s)
-            runners[s] = StepRunner(method, config, mesh, layout, source(0))
-            reps[s] = _reps(runners[s].run(1), args.budget, args.steps, 50)
+            for mode, runner in step_runners(method, config, mesh, layout, source(0),
+                                             args.microbatch).items():
+                runners[(mode, s)] = runner
+                reps[(mode, s)] = _reps(runner.run(1), args.budget, args.steps, 50)
         times = paired_rounds(runners, reps, args.rounds)
-        base = float(np.min(times[args.seeds_list[0]])) / args.seeds_list[0]
-        for s in args.seeds_list:
-            t = float(np.min(times[s]))
-            rows.append({"model": "numerical_case2", "batch": batch, "seeds": s,
-                         "step": summary(times[s]), "time_vs_one_seed": t / base,
-                         "per_seed_cost_vs_one_seed": t / (s * base),
-                         "compile_s": runners[s].compile_s})
-            print(f"  B={batch} seeds={s}: {t * 1e3:.1f} ms/step, {t / base:.2f} x one seed",
-                  flush=True)
+        for mode in dict.fromkeys(m for m, _ in runners):
+            s0 = args.seeds_list[0]
+            base = float(np.min(times[(mode, s0)])) / s0
+            for s in args.seeds_list:
+                t = float(np.min(times[(mode, s)]))
+                runner = runners[(mode, s)]
+                rows.append({"model": "numerical_case2", "batch": batch, "seeds": s,
+                             "microbatch_mode": mode, "microbatches": runner.microbatches,
+                             "step": summary(times[(mode, s)]), "time_vs_one_seed": t / base,
+                             "per_seed_cost_vs_one_seed": t / (s * base),
+                             "xla_temp_mb": runner.temp_mb, "compile_s": runner.compile_s})
+                print(f"  B={batch} seeds={s} {mode} ({runner.microbatches} chunk(s)): "
+                      f"{t * 1e3:.1f} ms/step, {t / base:.2f} x one seed", flush=True)
     return rows
 
 
@@ -342,7 +383,7 @@ def growth_layout(k: int = 3, m: int = 2, d_per: int = 3, obs: int = 10, eta: in
     return vae.ModelLayout(names, ((obs,),) * m, (k,) * m, (d_per,) * m, (eta,) * m, 0)
 
 
-def growth_runner(layout, args):
+def growth_runners(layout, args) -> dict:
     config = model_config("numerical_case2", args.data_dir, args.growth_batch)
     mesh = parallel.make_mesh(jax.devices()[:1])
     method = methods.build_method("personax", layout, config)
@@ -351,7 +392,7 @@ def growth_runner(layout, args):
         jax.device_put(jax.random.normal(key, (1, args.growth_batch, k) + shape),
                        parallel.batch_sharding(mesh))
         for key, k, shape in zip(keys, layout.n_measurements, layout.obs_shapes))
-    return StepRunner(method, config, mesh, layout, batch)
+    return step_runners(method, config, mesh, layout, batch, args.microbatch)
 
 
 GROWTH = {
@@ -366,22 +407,32 @@ def section_growth(args) -> dict:
     values = {"measurements_K": args.k_list, "modalities_M": args.m_list,
               "latent_dim_D": args.d_list}
     for name, (symbol, make) in GROWTH.items():
-        runners = {v: growth_runner(make(v), args) for v in values[name]}
-        reps = {v: _reps(r.run(1), args.budget, args.steps, 50) for v, r in runners.items()}
+        runners = {}
+        for v in values[name]:
+            for mode, runner in growth_runners(make(v), args).items():
+                runners[(mode, v)] = runner
+        reps = {k: _reps(r.run(1), args.budget, args.steps, 50) for k, r in runners.items()}
         times = paired_rounds(runners, reps, args.rounds)
         xs = np.asarray(values[name], float)
-        ts = np.asarray([np.min(times[v]) for v in values[name]])
-        slope = float(np.polyfit(np.log(xs), np.log(ts), 1)[0])
-        flops = np.asarray([runners[v].flops for v in values[name]])
-        flop_slope = float(np.polyfit(np.log(xs), np.log(flops), 1)[0])
-        out[name] = {"symbol": symbol, "values": values[name], "batch": args.growth_batch,
-                     "step_min_s": ts.tolist(),
-                     "step_median_s": [float(np.median(times[v])) for v in values[name]],
-                     "flops_per_step": flops.tolist(), "time_exponent": slope,
-                     "xla_temp_mb": [runners[v].temp_mb for v in values[name]],
-                     "flops_exponent": flop_slope}
-        print(f"  {name}: time exponent {slope:.2f} (FLOPs exponent {flop_slope:.2f})",
-              flush=True)
+        series = {}
+        for mode in dict.fromkeys(m for m, _ in runners):
+            ts = np.asarray([np.min(times[(mode, v)]) for v in values[name]])
+            slope = float(np.polyfit(np.log(xs), np.log(ts), 1)[0])
+            flops = np.asarray([runners[(mode, v)].flops for v in values[name]])
+            flop_slope = float(np.polyfit(np.log(xs), np.log(flops), 1)[0])
+            series[mode] = {
+                "symbol": symbol, "values": values[name], "batch": args.growth_batch,
+                "step_min_s": ts.tolist(),
+                "step_median_s": [float(np.median(times[(mode, v)])) for v in values[name]],
+                "flops_per_step": flops.tolist(), "time_exponent": slope,
+                "xla_temp_mb": [runners[(mode, v)].temp_mb for v in values[name]],
+                "microbatches": [runners[(mode, v)].microbatches for v in values[name]],
+                "flops_exponent": flop_slope}
+            print(f"  {name} {mode}: time exponent {slope:.2f} (FLOPs exponent "
+                  f"{flop_slope:.2f})", flush=True)
+        # the one-pass series at the top level (the layout of earlier result files)
+        first = series.get("one pass") or next(iter(series.values()))
+        out[name] = {**first, "series": series}
     return out
 
 
@@ -496,11 +547,12 @@ def print_tables(results: dict) -> None:
     if results.get("throughput"):
         print("\n## Throughput (1 seed, 1 device; best of rounds; 'ratio' = best step FLOP/s "
               "/ best matmul FLOP/s, 'r. med' = median over rounds of the per-round ratio)")
-        print(f"{'model':18s} {'batch':>6s} {'steps/s':>8s} {'samples/s':>10s} {'GFLOP/step':>10s} "
+        print(f"{'model':18s} {'batch':>6s} {'step':>12s} {'steps/s':>8s} {'samples/s':>10s} {'GFLOP/step':>10s} "
               f"{'GFLOP/s':>8s} {'mm GFLOP/s':>10s} {'ratio':>6s} {'r. med':>6s} {'peak mm':>8s} "
               f"{'compile s':>9s} {'sample/step':>11s} {'RSS MB':>7s} {'temp MB':>7s} {'dev MB':>7s}")
         for r in results["throughput"]:
-            print(f"{r['model']:18s} {r['batch']:6d} {r['steps_per_s']:8.2f} "
+            mode = f"{r.get('microbatch_mode', 'one pass')}/{r.get('microbatches', 1)}"
+            print(f"{r['model']:18s} {r['batch']:6d} {mode:>12s} {r['steps_per_s']:8.2f} "
                   f"{r['samples_per_s']:10.0f} {r['flops_per_step'] / 1e9:10.3f} "
                   f"{r['achieved_flops'] / 1e9:8.1f} {r['matmul_flops'] / 1e9:10.1f} "
                   f"{r['ratio_vs_matmul']:6.2f} {r['ratio_vs_matmul_median']:6.2f} "
@@ -510,9 +562,11 @@ def print_tables(results: dict) -> None:
                   f"{_fmt(r['device_peak_mb'], '7.0f')}")
     if results.get("seeds"):
         print("\n## Seeds trained together (vmap), numerical_case2")
-        print(f"{'batch':>6s} {'seeds':>5s} {'ms/step':>8s} {'x 1 seed':>8s} {'per-seed cost':>13s}")
+        print(f"{'batch':>6s} {'seeds':>5s} {'step':>12s} {'ms/step':>8s} {'x 1 seed':>8s} "
+              f"{'per-seed cost':>13s}")
         for r in results["seeds"]:
-            print(f"{r['batch']:6d} {r['seeds']:5d} {r['step']['min_s'] * 1e3:8.1f} "
+            mode = f"{r.get('microbatch_mode', 'one pass')}/{r.get('microbatches', 1)}"
+            print(f"{r['batch']:6d} {r['seeds']:5d} {mode:>12s} {r['step']['min_s'] * 1e3:8.1f} "
                   f"{r['time_vs_one_seed']:8.2f} {r['per_seed_cost_vs_one_seed']:13.2f}")
     if results.get("devices"):
         print("\n## Devices (fixed global batch), numerical_case2")
@@ -522,13 +576,15 @@ def print_tables(results: dict) -> None:
                   f"{r['speedup_vs_first']:7.2f} {r['compile_s']:9.1f}")
     if results.get("growth"):
         print("\n## Growth (1 seed, batch per row below)")
-        for name, g in results["growth"].items():
-            print(f"{name} (batch {g['batch']}): exponent time {g['time_exponent']:.2f}, "
-                  f"FLOPs {g['flops_exponent']:.2f}")
-            print("  " + " ".join(f"{g['symbol']}={v}:{t * 1e3:.1f}ms"
-                                  for v, t in zip(g["values"], g["step_min_s"])))
-            print("  XLA temp MB: " + " ".join(f"{g['symbol']}={v}:{m:.0f}"
-                                               for v, m in zip(g["values"], g["xla_temp_mb"])))
+        for name, top in results["growth"].items():
+            for mode, g in top.get("series", {"one pass": top}).items():
+                print(f"{name}, {mode} (batch {g['batch']}): exponent time "
+                      f"{g['time_exponent']:.2f}, FLOPs {g['flops_exponent']:.2f}")
+                print("  " + " ".join(f"{g['symbol']}={v}:{t * 1e3:.1f}ms"
+                                      for v, t in zip(g["values"], g["step_min_s"])))
+                print("  XLA temp MB / chunks: " + " ".join(
+                    f"{g['symbol']}={v}:{m:.0f}/{c}" for v, m, c in
+                    zip(g["values"], g["xla_temp_mb"], g.get("microbatches", [1] * len(g["values"])))))
     if results.get("bandwidth"):
         print("\n## Elementwise bandwidth (a * x + b, float32; read + write)")
         print("  " + " ".join(f"{r['buffer_mb']:g}MB:{r['gb_per_s']:.1f}GB/s"
@@ -571,6 +627,10 @@ def parse_args(argv=None):
     p.add_argument("--parts_image_batch", type=int, default=256)
     p.add_argument("--bandwidth_mb", default="1,4,8,16,24,32,64,128",
                    help="buffer sizes (MiB) of the bandwidth section")
+    p.add_argument("--microbatch", default="both", choices=("off", "auto", "both"),
+                   help="time the one-pass step ('off'), the train.microbatch_size=-1 step "
+                        "('auto': gradient accumulation over cache-sized chunks) or both "
+                        "(throughput, seeds and growth sections)")
     p.add_argument("--out", default=None, help="write all results as JSON to this file")
     p.add_argument("--_devices_worker", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)

@@ -49,6 +49,17 @@ def validate(config, n_devices: int) -> None:
     _require(int(t.batch_size) % n_devices == 0, "train.batch_size",
              f"{t.batch_size} is not divisible by the {n_devices} devices of the data mesh; "
              f"use a multiple of {n_devices}")
+    micro = int(t.get("microbatch_size", 0))
+    _require(micro >= -1, "train.microbatch_size",
+             f"must be 0 (whole batch in one pass), -1 (auto, CPU) or a positive chunk "
+             f"size, got {micro}")
+    if micro > 0:
+        _require(int(t.batch_size) % micro == 0, "train.microbatch_size",
+                 f"{micro} does not divide train.batch_size={t.batch_size}; use a divisor "
+                 f"of it, or 0 to turn gradient accumulation off")
+        _require(micro % n_devices == 0, "train.microbatch_size",
+                 f"{micro} is not divisible by the {n_devices} devices of the data mesh "
+                 f"(every chunk is spread over all devices); use a multiple of {n_devices}")
     _require(int(t.log_every) >= 1, "train.log_every", "must be >= 1")
     _require(int(t.checkpoint_every) >= 1 and int(t.checkpoint_every) % int(t.log_every) == 0,
              "train.checkpoint_every",
@@ -60,6 +71,15 @@ def validate(config, n_devices: int) -> None:
              f"{e.r2_kind!r} is not 'kernel' or 'linear'")
     _require(int(e.shd_reversal_cost) in (1, 2), "eval.shd_reversal_cost", "must be 1 or 2")
     _require(float(e.graph_threshold) >= 0, "eval.graph_threshold", "must be >= 0")
+
+
+def validate_against_method(config, method) -> None:
+    """Checks that need the built method."""
+    _require(int(config.train.get("microbatch_size", 0)) == 0 or not method.trainable
+             or method.per_sample_loss, "train.microbatch_size",
+             f"method {method.name!r} compares samples across the batch (its loss is not a "
+             f"per-sample mean), so splitting the batch would change its objective; set "
+             f"it to 0 for this method")
 
 
 def validate_against_spec(config, spec) -> None:

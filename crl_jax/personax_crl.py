@@ -357,6 +357,7 @@ def train_and_evaluate(config, workdir: str, *, stop_after_step=None) -> dict | 
               "worse; measured: 18 latents, 200 rows took 4-12 minutes on 2 CPU cores); set "
               "--config.causal_discovery.max_n to a few hundred or use fisherz.")
     method = methods.build_method(config.model.name, data.layout, config)
+    config_validation.validate_against_method(config, method)
     os.makedirs(workdir, exist_ok=True)
     _check_resume(workdir, fingerprint(config, data))
     with open(os.path.join(workdir, "config.json"), "w") as f:

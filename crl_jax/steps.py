@@ -5,6 +5,7 @@ and trained together with ``vmap`` (one program, one dispatch per step for all s
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import flax.struct
@@ -49,13 +50,88 @@ def create_train_states(method, example_xs, tx, seed: int, num_seeds: int) -> Tr
     return jax.jit(jax.vmap(init_one))(jnp.arange(num_seeds))
 
 
-def make_train_step(method) -> Callable[[TrainState, Any], tuple]:
-    """The per-replica step of ``method.loss``, vmapped over the seed axis (jit it outside)."""
+# Auto microbatching (``train.microbatch_size = -1``, CPU only) splits a step whose XLA
+# temporaries exceed this into chunks that do not. Measured on the project's 2-core CPU
+# (docs/PERFORMANCE.md): steps with <= ~30 MB of temporaries run at ~1.6x the FLOP/s of
+# steps with >= ~40 MB; chunks much smaller than the budget pay per-chunk overhead.
+AUTO_MICROBATCH_TEMP_MB = 32.0
+
+
+def num_microbatches(train_cfg) -> int:
+    """Chunks per step for an explicit ``microbatch_size`` (0: one pass -> 1)."""
+    micro = int(train_cfg.get("microbatch_size", 0))
+    if micro < 0:
+        raise ValueError("train.microbatch_size = -1 (auto) is resolved by "
+                         "train.resolve_microbatches, which needs the compiled step")
+    return 1 if micro == 0 else int(train_cfg.batch_size) // micro
+
+
+def choose_microbatches(temp_bytes: float, batch_size: int, n_devices: int,
+                        budget_mb: float = AUTO_MICROBATCH_TEMP_MB) -> int:
+    """Fewest chunks whose share of ``temp_bytes`` fits ``budget_mb``, among the counts that
+    split ``batch_size`` into equal chunks divisible by ``n_devices`` (the most such chunks
+    when none fits)."""
+    need = max(1, int(math.ceil(temp_bytes / (budget_mb * 2**20))))
+    valid = [n for n in range(1, batch_size + 1)
+             if batch_size % n == 0 and (batch_size // n) % n_devices == 0]
+    fitting = [n for n in valid if n >= need]
+    return min(fitting) if fitting else max(valid)
+
+
+def split_microbatches(xs, n: int):
+    """``(B, ...)`` arrays -> ``(n, B / n, ...)``; chunk ``j`` holds rows ``j, j + n, ...``.
+
+    Strided rather than contiguous: the batch axis is sharded over devices in contiguous
+    blocks, and a strided chunk takes an equal share of every device's block, so each chunk
+    stays spread over all devices (no data movement).
+    """
+    def split(x):
+        b = x.shape[0]
+        return jnp.moveaxis(x.reshape((b // n, n) + x.shape[1:]), 1, 0)
+
+    return tuple(split(x) for x in xs)
+
+
+def make_train_step(method, microbatches: int = 1) -> Callable[[TrainState, Any], tuple]:
+    """The per-replica step of ``method.loss``, vmapped over the seed axis (jit it outside).
+
+    ``microbatches > 1``: gradient accumulation. The batch is split into that many equal
+    chunks (:func:`split_microbatches`), a ``lax.scan`` computes each chunk's loss and
+    gradient and the step applies their mean. For a loss that is a per-sample mean plus
+    parameter-only terms (``method.per_sample_loss``) that mean is the full batch's
+    gradient, with chunk ``i``'s sampling noise drawn from ``fold_in(key, i)``. Why: the
+    activations of one chunk stay in the CPU cache, where a step over a batch whose
+    temporaries do not fit runs ~1.6x slower (docs/PERFORMANCE.md); on an accelerator it
+    bounds the activation memory of a large batch.
+    """
+    if microbatches < 1:
+        raise ValueError(f"microbatches must be >= 1, got {microbatches}")
+    if microbatches > 1 and not getattr(method, "per_sample_loss", False):
+        raise ValueError(
+            f"method {method.name!r} compares samples across the batch (its loss is not a "
+            f"per-sample mean), so splitting the batch would change the objective; set "
+            f"train.microbatch_size = 0 for it.")
+    grad_fn = jax.value_and_grad(method.loss, has_aux=True)
+
+    def grads_and_terms(params, xs, key):
+        if microbatches == 1:
+            (_, terms), grads = grad_fn(params, xs, key)
+            return grads, terms
+
+        def chunk(total, inputs):
+            index, xs_chunk = inputs
+            (_, terms), grads = grad_fn(params, xs_chunk, jax.random.fold_in(key, index))
+            return jax.tree.map(jnp.add, total, grads), terms
+
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        total, terms = jax.lax.scan(
+            chunk, zeros, (jnp.arange(microbatches), split_microbatches(xs, microbatches)))
+        grads = jax.tree.map(lambda g: g / microbatches, total)
+        return grads, jax.tree.map(lambda t: jnp.mean(t, axis=0), terms)
 
     def single(state: TrainState, xs):
         key = jax.random.fold_in(state.rng, state.step)
-        loss_fn = lambda params: method.loss(params, xs, key)  # noqa: E731
-        (_, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        grads, terms = grads_and_terms(state.params, xs, key)
         terms["grad_norm"] = optax.global_norm(grads)
         return state.apply_gradients(grads=grads), terms
 

@@ -97,6 +97,7 @@ def setup(config, workdir: str | None, mesh=None):
     config_validation.validate_against_spec(config, process.spec)
     layout = experiment.build_layout(process.spec, config.model)
     method = methods.build_method(config.model.name, layout, config)
+    config_validation.validate_against_method(config, method)
     return process, method, mesh
 
 
@@ -107,10 +108,36 @@ def init_state(method, config, mesh, data_layout):
     return jax.device_put(state, parallel.replicated(mesh))
 
 
-def jit_train_step(method, mesh):
+def jit_train_step(method, mesh, microbatches: int = 1):
     repl, batch = parallel.replicated(mesh), parallel.batch_sharding(mesh)
-    return jax.jit(steps.make_train_step(method), in_shardings=(repl, batch),
+    return jax.jit(steps.make_train_step(method, microbatches), in_shardings=(repl, batch),
                    out_shardings=(repl, repl), donate_argnums=(0,))
+
+
+def resolve_microbatches(config, method, mesh, state, batch) -> int:
+    """Chunks per step for ``train.microbatch_size`` (0 -> 1; N -> batch_size / N).
+
+    ``-1`` (auto): on CPU, compile the one-pass step, read the size of its XLA temporaries
+    and split the batch into the fewest chunks that keep each under
+    ``steps.AUTO_MICROBATCH_TEMP_MB`` (a cache budget measured on the project's CPU); on
+    GPU/TPU one pass (there chunking only serialises work the device does in parallel).
+    """
+    if int(config.train.get("microbatch_size", 0)) != -1:
+        return steps.num_microbatches(config.train)
+    if not method.trainable or not method.per_sample_loss:
+        return 1
+    if mesh.devices.flat[0].platform != "cpu":
+        return 1
+    compiled = jit_train_step(method, mesh).lower(state, batch).compile()
+    memory = compiled.memory_analysis()
+    temp = float(getattr(memory, "temp_size_in_bytes", 0) or 0)
+    n = steps.choose_microbatches(temp, int(config.train.batch_size), mesh.devices.size,
+                                 steps.AUTO_MICROBATCH_TEMP_MB)
+    if jax.process_index() == 0:
+        print(f"train.microbatch_size=-1 (auto): the one-pass step needs {temp / 2**20:.0f} MB "
+              f"of temporaries; {n} chunk(s) of {int(config.train.batch_size) // n} per step",
+              flush=True)
+    return n
 
 
 def train(config, workdir: str, method, mesh, batches, data_layout, *,
@@ -128,7 +155,8 @@ def train(config, workdir: str, method, mesh, batches, data_layout, *,
     mngr = checkpointing.manager(workdir, t_cfg.keep_checkpoints)
     state, step = checkpointing.restore_latest(mngr, state)
     total = int(t_cfg.steps)
-    train_step = jit_train_step(method, mesh)
+    microbatches = resolve_microbatches(config, method, mesh, state, batches(step))
+    train_step = jit_train_step(method, mesh, microbatches)
     sync_each_step = parallel.needs_step_sync(mesh)
     writer = _SummaryWriter(workdir, resume_step=step)
     bar = tqdm.tqdm(total=total, initial=step,

@@ -1,4 +1,5 @@
-"""The data-parallel step on 8 (forced CPU) devices equals the single-device step."""
+"""The data-parallel step on 8 (forced CPU) devices equals the single-device step, in one
+pass and with gradient accumulation over 4 microbatches (each spread over all devices)."""
 import os
 import subprocess
 import sys
@@ -13,26 +14,27 @@ SCRIPT = textwrap.dedent("""
     from crl_jax import input_pipeline, parallel, train
     config = cfgs.get_config("smoke")
     config.train.batch_size = 64
-    results = []
-    for devices in (jax.devices()[:1], jax.devices()):
-        mesh = parallel.make_mesh(devices)
-        process, method, mesh = train.setup(config, None, mesh=mesh)
-        state = train.init_state(method, config, mesh, method.layout)
-        step_fn = train.jit_train_step(method, mesh)
-        batches = input_pipeline.BatchSource.from_process(
-            process, config.data, config.train, parallel.batch_sharding(mesh))
-        losses = []
-        for step in range(3):
-            batch = batches(step)
-            assert len(batch[0].sharding.device_set) == len(devices)
-            state, terms = step_fn(state, batch)
-            jax.block_until_ready(terms)
-            losses.append(np.asarray(terms["loss"]))
-        results.append((np.stack(losses), jax.device_get(state.params)))
-    (l1, p1), (l8, p8) = results
-    np.testing.assert_allclose(l1, l8, rtol=2e-5, atol=1e-5)
-    jax.tree_util.tree_map(
-        lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6), p1, p8)
+    for microbatches in (1, 4):
+        results = []
+        for devices in (jax.devices()[:1], jax.devices()):
+            mesh = parallel.make_mesh(devices)
+            process, method, mesh = train.setup(config, None, mesh=mesh)
+            state = train.init_state(method, config, mesh, method.layout)
+            step_fn = train.jit_train_step(method, mesh, microbatches)
+            batches = input_pipeline.BatchSource.from_process(
+                process, config.data, config.train, parallel.batch_sharding(mesh))
+            losses = []
+            for step in range(3):
+                batch = batches(step)
+                assert len(batch[0].sharding.device_set) == len(devices)
+                state, terms = step_fn(state, batch)
+                jax.block_until_ready(terms)
+                losses.append(np.asarray(terms["loss"]))
+            results.append((np.stack(losses), jax.device_get(state.params)))
+        (l1, p1), (l8, p8) = results
+        np.testing.assert_allclose(l1, l8, rtol=2e-5, atol=1e-5)
+        jax.tree_util.tree_map(
+            lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6), p1, p8)
     print("EQUIVALENT", l1[-1])
 """)
 

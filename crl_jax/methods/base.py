@@ -25,6 +25,9 @@ class Method:
     name: str
     layout: Any                      # the ModelLayout of the data the method sees
     trainable: bool = True
+    # The loss is a mean over samples plus parameter-only terms, so the gradient of a batch
+    # is the mean of its equal chunks' gradients (train.microbatch_size may split it).
+    per_sample_loss: bool = False
 
     @property
     def latent_blocks(self) -> dict[str, slice]:

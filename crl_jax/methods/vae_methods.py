@@ -21,6 +21,7 @@ class VAEMethod(Method):
     model: Any = None
     loss_cfg: Any = None
     first_measurement_only: bool = False
+    per_sample_loss: bool = True      # recon, KL and tie are per-sample means; L1 is on W
 
     def prepare(self, xs):
         if self.first_measurement_only:

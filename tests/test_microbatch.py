@@ -1,0 +1,177 @@
+"""Gradient accumulation over microbatches (``train.microbatch_size``)."""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from configs import synthetic as synthetic_config
+from crl_jax import config_validation, experiment, input_pipeline, methods, parallel, steps, train
+from crl_jax.methods.base import Method
+
+
+@dataclasses.dataclass(frozen=True)
+class _LeastSquares(Method):
+    """A key-free per-sample loss (mean squared error of a linear map) plus an L1 on the
+    weights, so the microbatched gradient must equal the one-pass gradient exactly."""
+
+    per_sample_loss: bool = True
+
+    def init(self, key, xs):
+        return {"w": jax.random.normal(key, (xs[0].shape[-1], 2)), "b": jnp.zeros(2)}
+
+    def loss(self, params, xs, key):
+        x, y = xs[0][:, 0], xs[1][:, 0, :2]
+        per_sample = jnp.sum((x @ params["w"] + params["b"] - y) ** 2, axis=-1)
+        mse, l1 = jnp.mean(per_sample), jnp.sum(jnp.abs(params["w"]))
+        return mse + 0.1 * l1, {"loss": mse + 0.1 * l1, "mse": mse, "l1": l1}
+
+
+def _batch(num_seeds=2, batch=48):
+    k1, k2 = jax.random.split(jax.random.PRNGKey(3))
+    return (jax.random.normal(k1, (num_seeds, batch, 1, 5)),
+            jax.random.normal(k2, (num_seeds, batch, 1, 4)))
+
+
+def _states(method, batch, num_seeds=2):
+    tx = optax.sgd(0.1)
+    example = tuple(x[0] for x in batch)
+    return steps.create_train_states(method, example, tx, seed=0, num_seeds=num_seeds)
+
+
+def test_split_is_strided_and_covers_every_row_once():
+    x = jnp.arange(12 * 2).reshape(12, 2)
+    (chunks,) = steps.split_microbatches((x,), 3)
+    assert chunks.shape == (3, 4, 2)
+    np.testing.assert_array_equal(chunks[1, :, 0], x[1::3, 0])
+    np.testing.assert_array_equal(np.sort(np.asarray(chunks).reshape(-1)), np.arange(24))
+
+
+@pytest.mark.parametrize("microbatches", [2, 4, 12])
+def test_deterministic_loss_same_update_as_one_pass(microbatches):
+    method = _LeastSquares(name="lsq", layout=None)
+    batch = _batch()
+    one = jax.jit(steps.make_train_step(method, 1))
+    many = jax.jit(steps.make_train_step(method, microbatches))
+    s1, t1 = one(_states(method, batch), batch)
+    s2, t2 = many(_states(method, batch), batch)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+                 s1.params, s2.params)
+    for name in ("loss", "mse", "l1", "grad_norm"):
+        np.testing.assert_allclose(t1[name], t2[name], rtol=1e-5, atol=1e-6)
+    # and the update is not trivially zero
+    assert np.abs(np.asarray(s1.params["w"]) - np.asarray(_states(method, batch).params["w"])).max() > 1e-3
+
+
+def _personax(batch_size=48, num_seeds=2):
+    config = synthetic_config.get_config("smoke")
+    config.train.batch_size, config.train.num_seeds = batch_size, num_seeds
+    process, method, mesh = train.setup(config, None, mesh=parallel.make_mesh(jax.devices()[:1]))
+    source = input_pipeline.BatchSource.from_process(process, config.data, config.train,
+                                                     parallel.batch_sharding(mesh))
+    return config, method, mesh, source, experiment.data_layout(process.spec)
+
+
+def test_personax_gradient_is_mean_of_chunk_gradients_with_folded_keys():
+    config, method, mesh, source, layout = _personax()
+    assert method.per_sample_loss
+    batch = source(0)
+    n = 3
+    state0 = train.init_state(method, config, mesh, layout)
+    params0 = jax.device_get(state0.params)
+    state, terms = jax.jit(steps.make_train_step(method, n))(state0, batch)
+
+    # By hand, seed 0: chunk j = rows j, j + n, ...; key fold_in(step key, j).
+    seed = 0
+    p0 = jax.tree.map(lambda a: a[seed], params0)
+    rng = jax.device_get(state.rng)[seed]
+    key = jax.random.fold_in(rng, 0)
+    xs = tuple(np.asarray(x[seed]) for x in batch)
+    grad_fn = jax.grad(lambda p, c, k: method.loss(p, c, k)[0])
+    chunk_losses, grads = [], []
+    for j in range(n):
+        chunk = tuple(x[j::n] for x in xs)
+        chunk_losses.append(float(method.loss(p0, chunk, jax.random.fold_in(key, j))[0]))
+        grads.append(grad_fn(p0, chunk, jax.random.fold_in(key, j)))
+    mean_grad = jax.tree.map(lambda *g: sum(g) / n, *grads)
+    np.testing.assert_allclose(terms["loss"][seed], np.mean(chunk_losses), rtol=1e-5)
+    np.testing.assert_allclose(terms["grad_norm"][seed], optax.global_norm(mean_grad), rtol=1e-4)
+    # a different chunk count draws different noise, hence a different loss estimate
+    _, terms_one = jax.jit(steps.make_train_step(method, 1))(
+        train.init_state(method, config, mesh, layout), batch)
+    assert not np.allclose(terms_one["loss"][seed], terms["loss"][seed], rtol=1e-6)
+
+
+def test_contrastive_method_refuses_microbatches():
+    config, method, mesh, source, layout = _personax()
+    config.model.name = "mcl"
+    mcl = methods.build_method("mcl", method.layout, config)
+    assert not mcl.per_sample_loss
+    with pytest.raises(ValueError, match="per-sample mean"):
+        steps.make_train_step(mcl, 2)
+    config.train.microbatch_size = 16
+    with pytest.raises(config_validation.ConfigError, match="train.microbatch_size"):
+        config_validation.validate_against_method(config, mcl)
+
+
+@pytest.mark.parametrize("value, devices, match", [
+    (10, 1, "does not divide train.batch_size"),
+    (-2, 1, "must be 0"),
+    (12, 8, "not divisible by the 8 devices"),
+])
+def test_invalid_microbatch_size_is_one_clear_error(value, devices, match):
+    config = synthetic_config.get_config("smoke")
+    config.train.batch_size = 48
+    config.train.microbatch_size = value
+    with pytest.raises(config_validation.ConfigError, match=match):
+        config_validation.validate(config, n_devices=devices)
+
+
+def test_choose_microbatches_fewest_chunks_under_budget():
+    mb = 2**20
+    assert steps.choose_microbatches(10 * mb, 512, 1, budget_mb=32) == 1
+    assert steps.choose_microbatches(110 * mb, 4096, 1, budget_mb=32) == 4
+    assert steps.choose_microbatches(41 * mb, 512, 1, budget_mb=32) == 2
+    # 8 devices: only 1, 2, 3, 6 chunks keep every chunk a multiple of 8 rows
+    assert steps.choose_microbatches(70 * mb, 48, 8, budget_mb=32) == 3
+    assert steps.choose_microbatches(70 * mb, 64, 8, budget_mb=32) == 4
+    # nothing fits: as many chunks as the devices allow
+    assert steps.choose_microbatches(10_000 * mb, 64, 8, budget_mb=32) == 8
+
+
+def test_resolve_microbatches_explicit_and_auto(capsys):
+    config, method, mesh, source, layout = _personax(batch_size=48)
+    state = train.init_state(method, config, mesh, layout)
+    config.train.microbatch_size = 0
+    assert train.resolve_microbatches(config, method, mesh, state, source(0)) == 1
+    config.train.microbatch_size = 12
+    assert train.resolve_microbatches(config, method, mesh, state, source(0)) == 4
+    # auto: one pass under the budget; with a tiny budget it must split and say so
+    config.train.microbatch_size = -1
+    n_default = train.resolve_microbatches(config, method, mesh, state, source(0))
+    assert n_default == 1  # the smoke model's temporaries are far below the budget
+    old = steps.AUTO_MICROBATCH_TEMP_MB
+    try:
+        steps.AUTO_MICROBATCH_TEMP_MB = 1e-3
+        n = train.resolve_microbatches(config, method, mesh, state, source(0))
+    finally:
+        steps.AUTO_MICROBATCH_TEMP_MB = old
+    assert n > 1 and 48 % n == 0
+    assert "(auto)" in capsys.readouterr().out
+
+
+def test_training_with_microbatches_runs_and_learns(tmp_path):
+    config = synthetic_config.get_config("smoke")
+    config.eval.plots = False
+    config.train.microbatch_size = 16
+    process, method, mesh = train.setup(config, str(tmp_path))
+    batches = input_pipeline.BatchSource.from_process(
+        process, config.data, config.train, parallel.batch_sharding(mesh))
+    state, step = train.train(config, str(tmp_path), method, mesh, batches,
+                              experiment.data_layout(process.spec))
+    assert step == config.train.steps
+    import json
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["loss"] < records[0]["loss"]
