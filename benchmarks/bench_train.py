@@ -13,7 +13,8 @@ Sections (``--sections``, comma-separated):
   of a 2048^3 matmul; the ratio achieved / comparable matmul; time to sample one batch
   (``input_pipeline.BatchSource``) as a fraction of a step; peak host RSS, XLA's temp buffer
   size of the step, device peak memory where the device reports it.
-- ``seeds``: time per step for 1, 2, 4, 8, 16 seeds trained together (vmap).
+- ``seeds``: time per step for 1, 2, 4, 8, 16 seeds trained together (vmap), and of the
+  optimiser update alone for those seeds (its cost grows with the seeds, not the batch).
 - ``devices``: time per step at a fixed global batch on 1, 2, 4, 8 devices (on CPU a
   subprocess per count with ``--xla_force_host_platform_device_count``; on GPU/TPU the
   first N real devices).
@@ -306,6 +307,25 @@ class _Sampler:
         return (time.perf_counter() - t0) / n
 
 
+class _OptimiserRunner:
+    """The optimiser update alone (gradient clipping + Adam + apply) of all seeds' state:
+    what every step pays per seed whatever the batch."""
+
+    def __init__(self, method, config, mesh, layout):
+        self.state = train.init_state(method, config, mesh, layout)
+        self.grads = jax.tree.map(lambda p: p * 1e-3, self.state.params)
+        self.fn = jax.jit(jax.vmap(lambda st, g: st.apply_gradients(grads=g)),
+                          donate_argnums=(0,))
+        self.run(1)
+
+    def run(self, n: int) -> float:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            self.state = self.fn(self.state, self.grads)
+        jax.block_until_ready(self.state)
+        return (time.perf_counter() - t0) / n
+
+
 def section_seeds(args) -> list[dict]:
     rows = []
     for batch in args.seed_batches:
@@ -316,8 +336,10 @@ def section_seeds(args) -> list[dict]:
                                              args.microbatch).items():
                 runners[(mode, s)] = runner
                 reps[(mode, s)] = _reps(runner.run(1), args.budget, args.steps, 50)
+            runners[("optimiser", s)] = _OptimiserRunner(method, config, mesh, layout)
+            reps[("optimiser", s)] = _reps(runners[("optimiser", s)].run(1), args.budget, 3, 200)
         times = paired_rounds(runners, reps, args.rounds)
-        for mode in dict.fromkeys(m for m, _ in runners):
+        for mode in dict.fromkeys(m for m, _ in runners if m != "optimiser"):
             s0 = args.seeds_list[0]
             base = float(np.min(times[(mode, s0)])) / s0
             for s in args.seeds_list:
@@ -326,6 +348,9 @@ def section_seeds(args) -> list[dict]:
                 rows.append({"model": "numerical_case2", "batch": batch, "seeds": s,
                              "microbatch_mode": mode, "microbatches": runner.microbatches,
                              "step": summary(times[(mode, s)]), "time_vs_one_seed": t / base,
+                             "optimiser": summary(times[("optimiser", s)]),
+                             "optimiser_vs_one_seed_step": float(
+                                 np.min(times[("optimiser", s)])) / base,
                              "per_seed_cost_vs_one_seed": t / (s * base),
                              "xla_temp_mb": runner.temp_mb, "compile_s": runner.compile_s})
                 print(f"  B={batch} seeds={s} {mode} ({runner.microbatches} chunk(s)): "
@@ -563,11 +588,14 @@ def print_tables(results: dict) -> None:
     if results.get("seeds"):
         print("\n## Seeds trained together (vmap), numerical_case2")
         print(f"{'batch':>6s} {'seeds':>5s} {'step':>12s} {'ms/step':>8s} {'x 1 seed':>8s} "
-              f"{'per-seed cost':>13s}")
+              f"{'per-seed cost':>13s} {'optimiser ms':>12s} {'optimiser x 1 seed':>18s}")
         for r in results["seeds"]:
             mode = f"{r.get('microbatch_mode', 'one pass')}/{r.get('microbatches', 1)}"
+            opt = r.get("optimiser", {}).get("min_s")
             print(f"{r['batch']:6d} {r['seeds']:5d} {mode:>12s} {r['step']['min_s'] * 1e3:8.1f} "
-                  f"{r['time_vs_one_seed']:8.2f} {r['per_seed_cost_vs_one_seed']:13.2f}")
+                  f"{r['time_vs_one_seed']:8.2f} {r['per_seed_cost_vs_one_seed']:13.2f} "
+                  f"{_fmt(opt and opt * 1e3, '12.2f')} "
+                  f"{_fmt(r.get('optimiser_vs_one_seed_step'), '18.2f')}")
     if results.get("devices"):
         print("\n## Devices (fixed global batch), numerical_case2")
         print(f"{'devices':>7s} {'batch':>6s} {'ms/step':>8s} {'speedup':>7s} {'compile s':>9s}")

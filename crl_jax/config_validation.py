@@ -74,12 +74,12 @@ def validate(config, n_devices: int) -> None:
 
 
 def validate_against_method(config, method) -> None:
-    """Checks that need the built method."""
-    _require(int(config.train.get("microbatch_size", 0)) == 0 or not method.trainable
+    """Checks that need the built method (``-1``, auto, keeps one pass for such methods)."""
+    _require(int(config.train.get("microbatch_size", 0)) <= 0 or not method.trainable
              or method.per_sample_loss, "train.microbatch_size",
              f"method {method.name!r} compares samples across the batch (its loss is not a "
              f"per-sample mean), so splitting the batch would change its objective; set "
-             f"it to 0 for this method")
+             f"it to 0 (or -1, auto, which keeps one pass for it)")
 
 
 def validate_against_spec(config, spec) -> None:

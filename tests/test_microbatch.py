@@ -114,6 +114,11 @@ def test_contrastive_method_refuses_microbatches():
     config.train.microbatch_size = 16
     with pytest.raises(config_validation.ConfigError, match="train.microbatch_size"):
         config_validation.validate_against_method(config, mcl)
+    # auto is allowed and keeps one pass (a sweep over methods can set it for all)
+    config.train.microbatch_size = -1
+    config_validation.validate_against_method(config, mcl)
+    state = train.init_state(mcl, config, mesh, layout)
+    assert train.resolve_microbatches(config, mcl, mesh, state, source(0)) == 1
 
 
 @pytest.mark.parametrize("value, devices, match", [
