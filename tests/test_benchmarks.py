@@ -1,0 +1,66 @@
+"""benchmarks/bench_train.py runs end to end on tiny settings and writes what the docs cite.
+
+Not a timing test: it checks that the script works and reports one-pass and microbatched
+steps side by side (a tiny cache budget forces the microbatched path at a small batch).
+"""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+SCRIPT = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, "benchmarks")
+    from crl_jax import steps
+    steps.AUTO_MICROBATCH_TEMP_MB = 0.25   # force chunks at batch 64
+    import bench_train
+    bench_train.main(sys.argv[1:])
+""")
+
+
+def _run(tmp_path, *args):
+    out = tmp_path / "bench.json"
+    common = ["--models=numerical_case2", "--rounds=1", "--steps=1", "--budget=0.01",
+              f"--out={out}"]
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, *args, *common], cwd=ROOT,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return json.loads(out.read_text()), proc.stdout
+
+
+def test_bench_train_tiny_run_reports_both_steps(tmp_path):
+    result, stdout = _run(tmp_path, "--sections=throughput,seeds", "--batch_sizes=64",
+                          "--seed_batches=16", "--seeds_list=1,2")
+
+    rows = {r["microbatch_mode"]: r for r in result["throughput"]}
+    assert set(rows) == {"one pass", "auto"}
+    assert rows["one pass"]["microbatches"] == 1 and rows["auto"]["microbatches"] > 1
+    # the chunked step is rated with the one-pass FLOPs (same arithmetic)
+    assert rows["auto"]["flops_per_step"] == rows["one pass"]["flops_per_step"] > 0
+    assert rows["auto"]["xla_temp_mb"] < rows["one pass"]["xla_temp_mb"]
+    for r in rows.values():
+        assert np.isfinite(r["ratio_vs_matmul"]) and r["ratio_vs_matmul"] > 0
+
+    seeds = result["seeds"]
+    assert {(r["microbatch_mode"], r["seeds"]) for r in seeds} == {
+        ("one pass", 1), ("one pass", 2), ("auto", 1), ("auto", 2)}
+    assert all(r["optimiser"]["min_s"] > 0 for r in seeds)
+    assert "optimiser" in stdout
+
+
+@pytest.mark.slow
+def test_bench_train_growth_reports_both_series(tmp_path):
+    result, stdout = _run(tmp_path, "--sections=growth", "--k_list=1,2", "--m_list=2,3",
+                          "--d_list=4,8", "--growth_batch=64")
+    for name in ("measurements_K", "modalities_M", "latent_dim_D"):
+        series = result["growth"][name]["series"]
+        assert set(series) == {"one pass", "auto"}
+        assert all(np.isfinite(s["time_exponent"]) for s in series.values())
+        assert len(series["auto"]["microbatches"]) == 2
+    assert "## Growth" in stdout
