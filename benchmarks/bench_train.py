@@ -128,7 +128,7 @@ class StepRunner:
     arithmetic) to rate it."""
 
     def __init__(self, method, config, mesh, layout, batch, microbatches: int = 1,
-                 flops: float | None = None):
+                 flops: float | None = None, execute: bool = True):
         self.state = train.init_state(method, config, mesh, layout)
         self.microbatches = int(microbatches)
         t0 = time.perf_counter()
@@ -140,7 +140,8 @@ class StepRunner:
         self.temp_mb = _temp_bytes(self.compiled) / 2**20
         self.batch = batch
         self.sync_each = parallel.needs_step_sync(mesh)
-        self.run(1)  # warm-up (first execution allocates)
+        if execute:
+            self.run(1)  # warm-up (first execution allocates)
 
     def run(self, n: int) -> float:
         """Seconds per step over ``n`` steps."""
@@ -156,12 +157,16 @@ class StepRunner:
 def step_runners(method, config, mesh, layout, batch, mode: str) -> dict:
     """``{"one pass": runner}`` and/or ``{"auto": runner}`` (``train.microbatch_size=-1``:
     as many chunks as ``steps.choose_microbatches`` picks from the one-pass step's XLA
-    temporaries; the same runner object when it picks 1)."""
-    one = StepRunner(method, config, mesh, layout, batch)
+    temporaries; the same runner object when it picks 1). With ``mode="auto"`` the one-pass
+    step is only compiled (for its FLOPs and temporaries), never run: at large batches it
+    would not fit in memory."""
+    one = StepRunner(method, config, mesh, layout, batch, execute=mode != "auto")
     out = {} if mode == "auto" else {"one pass": one}
     if mode in ("auto", "both"):
         n = steps.choose_microbatches(one.temp_mb * 2**20, int(config.train.batch_size),
                                       mesh.devices.size, steps.AUTO_MICROBATCH_TEMP_MB)
+        if n == 1 and mode == "auto":
+            one.run(1)  # warm-up
         out["auto"] = one if n == 1 else StepRunner(method, config, mesh, layout, batch, n,
                                                     flops=one.flops)
     return out
