@@ -64,3 +64,11 @@ def test_bench_train_growth_reports_both_series(tmp_path):
         assert all(np.isfinite(s["time_exponent"]) for s in series.values())
         assert len(series["auto"]["microbatches"]) == 2
     assert "## Growth" in stdout
+
+
+@pytest.mark.slow
+def test_bench_train_auto_only_never_runs_the_one_pass_step(tmp_path):
+    result, _ = _run(tmp_path, "--sections=throughput", "--batch_sizes=64", "--microbatch=auto")
+    (row,) = result["throughput"]
+    assert row["microbatch_mode"] == "auto" and row["microbatches"] > 1
+    assert row["flops_per_step"] > 0 and row["steps_per_s"] > 0
