@@ -186,6 +186,7 @@ def train(config, workdir: str, method, mesh, batches, data_layout, *,
             now = time.time()
             record["steps_per_sec"] = (step - step_last) / max(now - t_last, 1e-9)
             record["elapsed_sec"] = now - t_start
+            record["microbatches"] = microbatches  # chunks per step (auto's choice included)
             t_last, step_last = now, step
             writer.write(step, record)
             bar.set_postfix({k: f"{record[k]:.3g}" for k in ("loss", "recon", "kl", "tie")

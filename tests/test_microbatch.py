@@ -180,3 +180,4 @@ def test_training_with_microbatches_runs_and_learns(tmp_path):
     import json
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert records[-1]["loss"] < records[0]["loss"]
+    assert all(r["microbatches"] == 64 // 16 for r in records)
