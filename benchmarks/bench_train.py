@@ -155,16 +155,17 @@ class StepRunner:
 
 
 def step_runners(method, config, mesh, layout, batch, mode: str) -> dict:
-    """``{"one pass": runner}`` and/or ``{"auto": runner}`` (``train.microbatch_size=-1``:
-    as many chunks as ``steps.choose_microbatches`` picks from the one-pass step's XLA
-    temporaries; the same runner object when it picks 1). With ``mode="auto"`` the one-pass
-    step is only compiled (for its FLOPs and temporaries), never run: at large batches it
-    would not fit in memory."""
+    """``{"one pass": runner}`` and/or ``{"auto": runner}`` (the chunks a run with
+    ``train.microbatch_size=-1`` would use, chosen by ``train.resolve_microbatches`` from the
+    one-pass step's XLA temporaries; the same runner object when it picks 1). With
+    ``mode="auto"`` the one-pass step is only compiled (for its FLOPs and temporaries), never
+    run: at large batches it would not fit in memory."""
     one = StepRunner(method, config, mesh, layout, batch, execute=mode != "auto")
     out = {} if mode == "auto" else {"one pass": one}
     if mode in ("auto", "both"):
-        n = steps.choose_microbatches(one.temp_mb * 2**20, int(config.train.batch_size),
-                                      mesh.devices.size, steps.AUTO_MICROBATCH_TEMP_MB)
+        config.train.microbatch_size = -1
+        n = train.resolve_microbatches(config, method, mesh, one.state, batch,
+                                       one_pass_temp_bytes=one.temp_mb * 2**20)
         if n == 1 and mode == "auto":
             one.run(1)  # warm-up
         out["auto"] = one if n == 1 else StepRunner(method, config, mesh, layout, batch, n,
@@ -256,8 +257,8 @@ def section_throughput(args) -> list[dict]:
                     **{m: _reps(r.run(1), args.budget, args.steps, 50) for m, r in modes.items()}}
             times = paired_rounds(runners, reps, args.rounds)
             for mode, runner in modes.items():
-                times["step"] = times[mode]
-                row = throughput_row(model, batch, mode, runner, times, comparable, peak, device)
+                row = throughput_row(model, batch, mode, runner, times[mode], times, comparable,
+                                     peak, device)
                 rows.append(row)
                 print(f"  {model} B={batch} {mode} ({runner.microbatches} chunk(s)): "
                       f"{row['steps_per_s']:.2f} steps/s, "
@@ -267,13 +268,17 @@ def section_throughput(args) -> list[dict]:
     return rows
 
 
-def throughput_row(model, batch, mode, runner, times, comparable, peak, device) -> dict:
-    best = {k: float(np.min(v)) for k, v in times.items()}
-    per_round = {k: np.asarray(v) for k, v in times.items()}
-    row = {
+def throughput_row(model, batch, mode, runner, step_times, times, comparable, peak,
+                   device) -> dict:
+    """One row of the throughput table: ``step_times`` of ``runner`` against the sampler,
+    comparable-matmul and peak-matmul ``times`` of the same rounds."""
+    best = {k: float(np.min(times[k])) for k in ("sample", "matmul", "peak")}
+    best["step"] = float(np.min(step_times))
+    per_round = {"step": np.asarray(step_times), "matmul": np.asarray(times["matmul"])}
+    return {
         "model": model, "batch": batch, "seeds": 1, "compile_s": runner.compile_s,
         "microbatch_mode": mode, "microbatches": runner.microbatches,
-        "step": summary(times["step"]), "steps_per_s": 1.0 / best["step"],
+        "step": summary(step_times), "steps_per_s": 1.0 / best["step"],
         "samples_per_s": batch / best["step"], "flops_per_step": runner.flops,
         "achieved_flops": runner.flops / best["step"],
         "matmul_shape": comparable.shape,
@@ -290,7 +295,6 @@ def throughput_row(model, batch, mode, runner, times, comparable, peak, device) 
         "xla_temp_mb": runner.temp_mb, "host_peak_rss_mb": host_peak_rss_mb(),
         "device_peak_mb": device_peak_mb(device),
     }
-    return row
 
 
 class _Sampler:

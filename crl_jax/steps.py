@@ -67,10 +67,11 @@ def num_microbatches(train_cfg) -> int:
 
 
 def choose_microbatches(temp_bytes: float, batch_size: int, n_devices: int,
-                        budget_mb: float = AUTO_MICROBATCH_TEMP_MB) -> int:
-    """Fewest chunks whose share of ``temp_bytes`` fits ``budget_mb``, among the counts that
-    split ``batch_size`` into equal chunks divisible by ``n_devices`` (the most such chunks
-    when none fits)."""
+                        budget_mb: float | None = None) -> int:
+    """Fewest chunks whose share of ``temp_bytes`` fits ``budget_mb`` (default
+    :data:`AUTO_MICROBATCH_TEMP_MB`), among the counts that split ``batch_size`` into equal
+    chunks divisible by ``n_devices`` (the most such chunks when none fits)."""
+    budget_mb = AUTO_MICROBATCH_TEMP_MB if budget_mb is None else budget_mb
     need = max(1, int(math.ceil(temp_bytes / (budget_mb * 2**20))))
     valid = [n for n in range(1, batch_size + 1)
              if batch_size % n == 0 and (batch_size // n) % n_devices == 0]

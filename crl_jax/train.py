@@ -114,13 +114,16 @@ def jit_train_step(method, mesh, microbatches: int = 1):
                    out_shardings=(repl, repl), donate_argnums=(0,))
 
 
-def resolve_microbatches(config, method, mesh, state, batch) -> int:
+def resolve_microbatches(config, method, mesh, state, batch,
+                         one_pass_temp_bytes: float | None = None) -> int:
     """Chunks per step for ``train.microbatch_size`` (0 -> 1; N -> batch_size / N).
 
     ``-1`` (auto): on CPU, compile the one-pass step, read the size of its XLA temporaries
     and split the batch into the fewest chunks that keep each under
     ``steps.AUTO_MICROBATCH_TEMP_MB`` (a cache budget measured on the project's CPU); on
     GPU/TPU one pass (there chunking only serialises work the device does in parallel).
+    ``one_pass_temp_bytes``: that size when the caller has compiled the step already (the
+    benchmark), to skip the compile.
     """
     if int(config.train.get("microbatch_size", 0)) != -1:
         return steps.num_microbatches(config.train)
@@ -128,11 +131,11 @@ def resolve_microbatches(config, method, mesh, state, batch) -> int:
         return 1
     if mesh.devices.flat[0].platform != "cpu":
         return 1
-    compiled = jit_train_step(method, mesh).lower(state, batch).compile()
-    memory = compiled.memory_analysis()
-    temp = float(getattr(memory, "temp_size_in_bytes", 0) or 0)
-    n = steps.choose_microbatches(temp, int(config.train.batch_size), mesh.devices.size,
-                                 steps.AUTO_MICROBATCH_TEMP_MB)
+    temp = one_pass_temp_bytes
+    if temp is None:
+        memory = jit_train_step(method, mesh).lower(state, batch).compile().memory_analysis()
+        temp = float(getattr(memory, "temp_size_in_bytes", 0) or 0)
+    n = steps.choose_microbatches(temp, int(config.train.batch_size), mesh.devices.size)
     if jax.process_index() == 0:
         print(f"train.microbatch_size=-1 (auto): the one-pass step needs {temp / 2**20:.0f} MB "
               f"of temporaries; {n} chunk(s) of {int(config.train.batch_size) // n} per step",

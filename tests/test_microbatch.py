@@ -157,7 +157,7 @@ def test_resolve_microbatches_explicit_and_auto(capsys):
     config.train.microbatch_size = -1
     n_default = train.resolve_microbatches(config, method, mesh, state, source(0))
     assert n_default == 1  # the smoke model's temporaries are far below the budget
-    old = steps.AUTO_MICROBATCH_TEMP_MB
+    old = steps.AUTO_MICROBATCH_TEMP_MB  # read at call time by choose_microbatches
     try:
         steps.AUTO_MICROBATCH_TEMP_MB = 1e-3
         n = train.resolve_microbatches(config, method, mesh, state, source(0))
