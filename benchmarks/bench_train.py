@@ -59,7 +59,7 @@ import numpy as np  # noqa: E402
 
 from configs import default as default_config  # noqa: E402
 from configs import synthetic as synthetic_config  # noqa: E402
-from crl_jax import experiment, input_pipeline, methods, parallel, steps, train  # noqa: E402
+from crl_jax import experiment, host_memory, input_pipeline, methods, parallel, steps, train  # noqa: E402
 from crl_jax.models import vae  # noqa: E402
 
 SECTIONS = ("throughput", "seeds", "devices", "growth", "parts", "bandwidth")
@@ -380,7 +380,7 @@ def section_devices(args) -> list[dict]:
             cmd = [sys.executable, os.path.abspath(__file__), "--_devices_worker", str(n),
                    f"--devices_batch={args.devices_batch}", f"--rounds={args.rounds}",
                    f"--steps={args.steps}", f"--budget={args.budget}",
-                   f"--data_dir={args.data_dir}"]
+                   f"--data_dir={args.data_dir}", f"--malloc_tuning={args.malloc_tuning}"]
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
             if proc.returncode != 0:
                 raise RuntimeError(f"devices worker N={n} failed:\n{proc.stderr[-3000:]}")
@@ -668,6 +668,10 @@ def parse_args(argv=None):
                    help="time the one-pass step ('off'), the train.microbatch_size=-1 step "
                         "('auto': gradient accumulation over cache-sized chunks) or both "
                         "(throughput, seeds and growth sections)")
+    p.add_argument("--malloc_tuning", default="on", choices=("on", "off"),
+                   help="'on' (as training does): host_memory.tune_malloc(), so a step's "
+                        "temporaries are reused instead of page-faulted every step; 'off': "
+                        "glibc's defaults")
     p.add_argument("--out", default=None, help="write all results as JSON to this file")
     p.add_argument("--_devices_worker", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -689,6 +693,8 @@ def parse_args(argv=None):
 def main(argv=None) -> dict:
     args = parse_args(argv)
     jax.config.update("jax_enable_compilation_cache", False)  # real compile times
+    malloc = (host_memory.tune_malloc() if args.malloc_tuning == "on"
+              else {"applied": False, "reason": "--malloc_tuning=off"})
     if args._devices_worker:
         print(json.dumps(devices_row(args._devices_worker, args)))
         return {}
@@ -699,7 +705,7 @@ def main(argv=None) -> dict:
         "device_count": jax.device_count(), "cpu_count": os.cpu_count(),
         "jax": jax.__version__, "python": platform.python_version(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        "load_avg_at_start": os.getloadavg(),
+        "load_avg_at_start": os.getloadavg(), "malloc_tuning": malloc,
     }
     print(f"{dev.platform} {dev.device_kind} x{jax.device_count()}, {os.cpu_count()} CPUs, "
           f"load {info['load_avg_at_start'][0]:.1f}, XLA_FLAGS={info['xla_flags']!r}", flush=True)

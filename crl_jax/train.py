@@ -19,7 +19,7 @@ import numpy as np
 import tqdm
 
 from crl_jax import checkpointing, config_validation, experiment, input_pipeline, methods
-from crl_jax import parallel
+from crl_jax import host_memory, parallel
 from crl_jax import evaluation, plotting, reporting, steps
 
 
@@ -152,6 +152,7 @@ def train(config, workdir: str, method, mesh, batches, data_layout, *,
     a pre-empted job would; rerunning resumes from there.
     """
     t_cfg = config.train
+    host_memory.tune_malloc()   # reuse the step's temporaries instead of page-faulting them
     state = init_state(method, config, mesh, data_layout)
     if not method.trainable:  # controls fitted on the host at evaluation (PCA, ...)
         return state, int(t_cfg.steps)
@@ -250,6 +251,7 @@ def train_and_evaluate(config, workdir: str, *, stop_after_step=None) -> dict | 
     report = {"model": config.model.name, "preset": process.spec.name,
               "num_seeds": int(config.train.num_seeds), "steps": step,
               "train_seconds": train_seconds, "devices": mesh.devices.size,
+              "malloc_tuning": host_memory.tune_malloc(),
               "evaluation": evaluation.evaluate_run(method, state.params, process, config)}
     report["eval_seconds"] = time.time() - t1
     if config.eval.plots and lead_process:

@@ -1,0 +1,95 @@
+"""host_memory.tune_malloc: freed large buffers are reused instead of mapped (and
+page-faulted) afresh, for plain malloc and for XLA's per-step temporaries.
+
+Each check runs in a subprocess: the thresholds are process-wide and the baseline needs a
+process with glibc's defaults.
+"""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
+                                reason="glibc malloc thresholds (Linux)")
+
+MALLOC_PROBE = textwrap.dedent("""
+    import ctypes, json, resource, sys
+    from crl_jax import host_memory
+    info = host_memory.tune_malloc() if sys.argv[1] == "tuned" else None
+    libc = ctypes.CDLL("libc.so.6")
+    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    n = 48 * 2**20                           # 48 MiB: above glibc's 32 MiB mmap ceiling
+
+    def use_once():                          # allocate, touch every page, free
+        p = libc.malloc(n)
+        ctypes.memset(p, 1, n)
+        libc.free(p)
+
+    use_once()                               # first use: faults the pages once
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(5):
+        use_once()
+    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5
+    print(json.dumps({"faults": faults, "pages": n / 4096, "info": info}))
+""")
+
+STEP_PROBE = textwrap.dedent("""
+    import argparse, json, resource, sys
+    sys.path.insert(0, "benchmarks")
+    from crl_jax import host_memory
+    if sys.argv[1] == "tuned":
+        host_memory.tune_malloc()
+    import bench_train as bt
+    args = argparse.Namespace(data_dir=bt.default_data_dir())
+    # batch 1536: ~42 MB of XLA temporaries per step (13.9 MB at 512)
+    config, method, mesh, source, layout = bt.setup_model("numerical_case2", args, 1536)
+    runner = bt.StepRunner(method, config, mesh, layout, source(0))
+    runner.run(4)                            # the heap settles over the first steps
+    per_step = []
+    for _ in range(7):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        runner.run(1)
+        per_step.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    print(json.dumps({"faults": sorted(per_step)[3], "all": per_step,
+                      "temp_pages": runner.temp_mb * 2**20 / 4096}))
+""")
+
+
+def _probe(script, mode, env_extra=None):
+    env = {k: v for k, v in os.environ.items() if k != "CRL_JAX_MALLOC_TUNING"}
+    env.update(env_extra or {})
+    proc = subprocess.run([sys.executable, "-c", script, mode], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_freed_large_buffers_are_reused():
+    default = _probe(MALLOC_PROBE, "default")
+    tuned = _probe(MALLOC_PROBE, "tuned")
+    assert tuned["info"]["applied"], tuned["info"]
+    # glibc's defaults map the 48 MiB afresh on every allocation: every page faults again
+    assert default["faults"] > 0.9 * default["pages"], default
+    # tuned, the freed buffer is reused
+    assert tuned["faults"] < 0.05 * tuned["pages"], tuned
+
+
+def test_opt_out_by_environment():
+    off = _probe(MALLOC_PROBE, "tuned", {"CRL_JAX_MALLOC_TUNING": "0"})
+    assert off["info"] == {"applied": False, "reason": "CRL_JAX_MALLOC_TUNING=0"}
+    assert off["faults"] > 0.9 * off["pages"], off
+
+
+def test_train_step_temporaries_are_not_page_faulted_every_step():
+    # median over single steps: a step now and then still maps memory afresh
+    default = _probe(STEP_PROBE, "default")
+    tuned = _probe(STEP_PROBE, "tuned")
+    assert default["temp_pages"] > 32 * 2**20 / 4096     # above glibc's mmap ceiling
+    assert default["faults"] > 0.5 * default["temp_pages"], default
+    assert tuned["faults"] < 0.05 * tuned["temp_pages"], tuned
