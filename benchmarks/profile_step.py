@@ -1,0 +1,300 @@
+"""Where the time of the compiled train step goes, from a JAX profiler trace.
+
+    python benchmarks/profile_step.py                            # numerical_case2, batch 16, 1 and 8 seeds
+    python benchmarks/profile_step.py --batch=512 --seeds=1,3 --out=profile.json
+    python benchmarks/profile_step.py --model=variant_mnist_3m --batch=64 --seeds=1
+
+It traces ``--steps`` calls of the real step (``train.jit_train_step``, the chunks
+``--microbatch_size`` gives, as in training) for each seed count, and sums the time of every
+XLA operation the trace shows (thread time: on CPU the two or more threads of one step
+overlap, so the total exceeds the wall time), grouped by what the operation computes, read
+from the ``op_name`` XLA keeps for it:
+
+- part: encoder, decoder, causal prior, other loss terms; the optimiser update (gradient
+  clipping, Adam, apply; everything outside the differentiated loss); random numbers
+  (threefry); copies and other unattributed runtime work;
+- pass: forward or backward (``transpose(jvp(...))``);
+- kind: matmul (``dot``, convolution, and the fusions and custom calls of XNNPACK, YNNPACK
+  or oneDNN that hold one) or elementwise (every other operation: loops, reductions).
+
+A container operation (a ``while`` loop, which also appears as the operations of its body) is
+counted through its body only. Beside the profile, the step's wall time is measured without
+the profiler (best of ``--rounds``), and the table gives each group's growth from the first
+seed count to the others: what scales worse than the work does.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import json
+import os
+import re
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+if HERE not in sys.path:
+    sys.path.insert(0, HERE)
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+import bench_train as bt  # noqa: E402  (also puts the repository root on sys.path)
+from crl_jax import host_memory, train  # noqa: E402
+
+_INSTRUCTION = re.compile(r'\s*(?:ROOT )?%([\w.\-]+) = .*?\s([\w\-]+)\((?:.*?op_name="([^"]*)")?')
+_MATMUL_OPCODES = {"dot", "convolution"}
+UNATTRIBUTED = "copies and other runtime"
+
+
+_COMPUTATION = re.compile(r"^(?:ENTRY )?%([\w.\-]+) .*\{\s*$")
+_CALLS = re.compile(r"calls=%([\w.\-]+)")
+
+
+def hlo_instructions(hlo_text: str) -> dict[str, tuple[str, str, bool]]:
+    """``{instruction name: (opcode, op_name, matmul)}`` for the instructions of an optimised
+    HLO module (``compiled.as_text()``); ``matmul``: a dot or convolution, or a fusion or
+    custom call around one (XNNPACK/YNNPACK fusions also hold plain reductions).
+
+    XLA drops ``op_name`` from some instructions it rewrites (a matmul whose size-1 seed axis
+    it folded away, the XNNPACK/YNNPACK fusions around it). Such an instruction takes the
+    ``op_name`` of the matmul inside it, else of its root, else of its operands (searched a
+    few levels up), preferring an operand of the backward pass, then one of the forward
+    pass: a weight gradient reads forward activations and backward errors, and belongs to
+    the backward pass."""
+    parsed, fused_op_name, has_matmul = {}, {}, set()
+    computation, found = None, {}
+    for line in hlo_text.splitlines():
+        head = _COMPUTATION.match(line)
+        if head:
+            computation, found = head.group(1), {}
+            continue
+        m = _INSTRUCTION.match(line)
+        if not m:
+            continue
+        name, opcode, op_name = m.group(1), m.group(2), m.group(3) or ""
+        calls = _CALLS.search(line)
+        args = line[m.end(2) + 1:].split(")", 1)[0]
+        parsed[name] = (opcode, op_name, calls.group(1) if calls else None,
+                        re.findall(r"%([\w.\-]+)", args))
+        if computation and (opcode in _MATMUL_OPCODES
+                            or opcode == "custom-call" and "matmul" in line.lower()):
+            has_matmul.add(computation)
+        if computation and op_name:
+            if opcode in _MATMUL_OPCODES:
+                found["matmul"] = op_name
+            if line.lstrip().startswith("ROOT"):
+                found["root"] = op_name
+            found.setdefault("any", op_name)
+            fused_op_name[computation] = (found.get("matmul") or found.get("root")
+                                          or found["any"])
+
+    def own(name: str) -> str:
+        _, op_name, called, _ = parsed[name]
+        return op_name or fused_op_name.get(called, "")
+
+    def resolve(name: str, depth: int = 3) -> str:
+        if own(name):
+            return own(name)
+        level, fallback = [name], ""
+        for _ in range(depth):   # breadth first: the nearest operands decide
+            level = [o for n in level for o in parsed[n][3] if o in parsed]
+            names = [own(n) for n in level if own(n)]
+            for wanted in ("transpose(jvp(", "jvp("):
+                hits = [c for c in names if wanted in c]
+                if hits:
+                    return hits[0]
+            fallback = fallback or (names[0] if names else "")
+        return fallback
+
+    def matmul(name: str) -> bool:
+        opcode, _, called, _ = parsed[name]
+        return opcode in _MATMUL_OPCODES or called in has_matmul
+
+    return {name: (parsed[name][0], resolve(name), matmul(name)) for name in parsed}
+
+
+def classify(opcode: str, op_name: str, matmul: bool) -> str:
+    """The group of one XLA operation: ``"<part> <pass> <kind>"``, ``"optimiser update"``,
+    ``"random numbers"`` or :data:`UNATTRIBUTED`."""
+    if re.search(r"threefry|random_bits|random_split|random_fold_in", op_name):
+        return "random numbers"
+    if opcode in ("copy", "copy-start", "copy-done", "parameter", "tuple",
+                  "get-tuple-element", "bitcast") or not op_name:
+        return UNATTRIBUTED
+    if "jvp(" not in op_name:
+        # outside the differentiated loss: the gradient transformation and parameter update
+        return "optimiser update" if op_name.startswith("jit(") else UNATTRIBUTED
+    backward = "transpose(jvp(" in op_name
+    if re.search(r"causal_prior|log_prior", op_name):
+        part = "causal prior"
+    elif re.search(r"\.encode\b|encoder_", op_name):
+        part = "encoder"
+    elif re.search(r"\.decode\b|decoder_", op_name):
+        part = "decoder"
+    else:
+        part = "other loss terms"
+    return f"{part} {'backward' if backward else 'forward'} {'matmul' if matmul else 'elementwise'}"
+
+
+def leaf_intervals(events) -> list:
+    """The events of one trace line that contain no other event of the line (a ``while``
+    thunk spans the thunks of its body; counting both would count the body twice)."""
+    events = sorted(events, key=lambda e: (e[0], -e[1]))
+    leaves = []
+    for i, (start, end, name) in enumerate(events):
+        nxt = events[i + 1] if i + 1 < len(events) else None
+        if nxt is not None and nxt[0] < end:
+            continue  # a container: the next event starts inside it
+        leaves.append((start, end, name))
+    return leaves
+
+
+def _operation_lines(profile):
+    """``(line name, [(start_ns, end_ns, name), ...])`` of the lines that show XLA operations:
+    the XLA CPU runtime's threads, or a GPU/TPU's 'XLA Ops' line."""
+    for plane in profile.planes:
+        for line in plane.lines:
+            cpu = plane.name.startswith("/host:CPU") and line.name.startswith("tf_XLA")
+            device = plane.name.startswith("/device:") and line.name == "XLA Ops"
+            if cpu or device:
+                # "end: X" marks the completion inside X's own interval: not an operation
+                yield line.name, [(e.start_ns, e.end_ns, e.name) for e in line.events
+                                  if not e.name.startswith("end: ")]
+
+
+def union_ns(intervals) -> float:
+    """Length of the union of ``(start, end)`` intervals."""
+    total, reach = 0.0, -np.inf
+    for start, end in sorted(intervals):
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
+    return total
+
+
+def thread_time_by_group(profile, instructions: dict, steps: int) -> tuple[dict, float, dict]:
+    """Per step: milliseconds of thread time per group; milliseconds during which at least
+    one operation runs (the rest of a step is the runtime between operations); and the
+    thread time of events that are not operations of the step (reported, not grouped)."""
+    groups, unknown, busy = collections.Counter(), collections.Counter(), []
+    for _, events in _operation_lines(profile):
+        for start, end, name in leaf_intervals(events):
+            ms = (end - start) / 1e6 / steps
+            if name in instructions:
+                groups[classify(*instructions[name])] += ms
+                busy.append((start, end))
+            else:
+                unknown[name] += ms
+    return dict(groups), union_ns(busy) / 1e6 / steps, dict(unknown)
+
+
+def profile_seeds(model: str, batch: int, seeds: int, args) -> dict:
+    """Profile and wall time of the step of ``seeds`` replicas at ``batch``."""
+    config, method, mesh, source, layout = bt.setup_model(model, args, batch, seeds)
+    config.train.microbatch_size = int(args.microbatch_size)
+    state = train.init_state(method, config, mesh, layout)
+    data = source(0)
+    n = train.resolve_microbatches(config, method, mesh, state, data)
+    runner = bt.StepRunner(method, config, mesh, layout, data, n)
+    instructions = hlo_instructions(runner.compiled.as_text())
+    reps = bt._reps(runner.run(1), args.budget, args.steps, 200)
+    wall = min(runner.run(reps) for _ in range(args.rounds))
+    with tempfile.TemporaryDirectory() as trace_dir:
+        with jax.profiler.trace(trace_dir):
+            for _ in range(args.steps):
+                runner.run(1)   # blocks on each step, so every step is in the trace
+        files = glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True)
+        if not files:
+            raise RuntimeError(f"jax.profiler.trace wrote no .xplane.pb under {trace_dir}")
+        profile = jax.profiler.ProfileData.from_file(files[0])
+        groups, busy_ms, unknown = thread_time_by_group(profile, instructions, args.steps)
+    return {"model": model, "batch": batch, "seeds": seeds, "microbatches": n,
+            "step_ms": wall * 1e3, "thread_ms": groups,
+            "thread_ms_total": float(sum(groups.values())), "busy_ms": busy_ms,
+            "runtime_events_ms": float(sum(unknown.values())),
+            "flops_per_step": runner.flops}
+
+
+def print_table(rows: list[dict]) -> None:
+    base = rows[0]
+    order = sorted({g for r in rows for g in r["thread_ms"]},
+                   key=lambda g: -rows[-1]["thread_ms"].get(g, 0.0))
+    head = "".join(f"{'S=' + str(r['seeds']):>17s}" for r in rows)
+    grow = "".join(f"{'x S=' + str(base['seeds']) + ' (' + str(r['seeds']) + ')':>14s}"
+                   for r in rows[1:])
+    print(f"\n## {base['model']}, batch {base['batch']}: thread ms per step (share)")
+    print(f"{'group':36s}{head}{grow}")
+    for g in order:
+        cells = "".join(f"{r['thread_ms'].get(g, 0.0):9.3f} ({r['thread_ms'].get(g, 0.0) / r['thread_ms_total']:5.1%})"
+                        for r in rows)
+        b = base["thread_ms"].get(g, 0.0)
+        ratios = "".join(f"{(r['thread_ms'].get(g, 0.0) / b if b > 0 else float('nan')):14.2f}"
+                         for r in rows[1:])
+        print(f"{g:36s}{cells}{ratios}")
+    tot = "".join(f"{r['thread_ms_total']:9.3f} {'':7s}" for r in rows)
+    tot_r = "".join(f"{r['thread_ms_total'] / base['thread_ms_total']:14.2f}" for r in rows[1:])
+    print(f"{'all operations':36s}{tot}{tot_r}")
+    wall = "".join(f"{r['step_ms']:9.3f} {'':7s}" for r in rows)
+    wall_r = "".join(f"{r['step_ms'] / base['step_ms']:14.2f}" for r in rows[1:])
+    busy = "".join(f"{r['busy_ms']:9.3f} {'':7s}" for r in rows)
+    busy_r = "".join(f"{r['busy_ms'] / base['busy_ms']:14.2f}" for r in rows[1:])
+    print(f"{'time any operation runs':36s}{busy}{busy_r}")
+    print(f"{'step wall time (no profiler)':36s}{wall}{wall_r}")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="numerical_case2", choices=bt.MODELS)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--seeds", default="1,8", help="comma-separated seed counts (vmap)")
+    p.add_argument("--microbatch_size", type=int, default=0,
+                   help="train.microbatch_size of the profiled step (0 one pass, -1 auto)")
+    p.add_argument("--steps", type=int, default=40, help="steps traced (and timed per round)")
+    p.add_argument("--rounds", type=int, default=5, help="rounds of the unprofiled timing")
+    p.add_argument("--budget", type=float, default=0.5, help="seconds per timing round")
+    p.add_argument("--data_dir", default=bt.default_data_dir())
+    p.add_argument("--malloc_tuning", default="on", choices=("on", "off"),
+                   help="host_memory.tune_malloc() as training does ('on') or glibc defaults")
+    p.add_argument("--out", default="", help="write the rows as JSON here")
+    args = p.parse_args(argv)
+    try:
+        args.seeds_list = [int(s) for s in args.seeds.split(",") if s]
+    except ValueError:
+        p.error(f"--seeds must be comma-separated integers, got {args.seeds!r}")
+    if not args.seeds_list or min(args.seeds_list) < 1:
+        p.error(f"--seeds: every count must be >= 1, got {args.seeds!r}")
+    if args.batch < 1 or args.steps < 1 or args.rounds < 1:
+        p.error("--batch, --steps and --rounds must be >= 1")
+    if args.model == "variant_mnist_3m" and not bt.images_available(args.data_dir):
+        p.error(f"--model=variant_mnist_3m needs mnist/ and fashion-mnist/ under "
+                f"--data_dir={args.data_dir}")
+    return args
+
+
+def main(argv=None) -> list[dict]:
+    args = parse_args(argv)
+    if args.malloc_tuning == "on":
+        host_memory.tune_malloc()
+    rows = []
+    for s in args.seeds_list:
+        rows.append(profile_seeds(args.model, args.batch, s, args))
+        r = rows[-1]
+        print(f"  {args.model} B={args.batch} seeds={s} ({r['microbatches']} chunk(s)): "
+              f"{r['step_ms']:.2f} ms/step, {r['thread_ms_total']:.2f} thread ms of operations",
+              flush=True)
+    print_table(rows)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"info": {"device": str(jax.devices()[0]), "jax": jax.__version__,
+                                "argv": sys.argv[1:] if argv is None else list(argv),
+                                "malloc_tuning": host_memory.tune_malloc()
+                                if args.malloc_tuning == "on" else None},
+                       "rows": rows}, f, indent=1)
+        print(f"wrote {args.out}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""benchmarks/profile_step.py: attribution of XLA operations to parts of the step, and an
+end-to-end profile of the real step (not a timing test: it checks what the profile groups)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+
+import profile_step as ps  # noqa: E402
+
+FWD = "jit(train_step)/vmap(jvp(PersonaXVAE))/PersonaXVAE.encode/vmap(encoder_m1)/FeatureEncoder_0"
+BWD = ("jit(train_step)/vmap(transpose(jvp(PersonaXVAE)))/PersonaXVAE.decode/vmap(decoder_m1)/"
+       "MLP_0/Dense_1")
+
+# A hand-written module in the form XLA:CPU prints: a matmul fusion that lost its op_name
+# (its inner dot has none either) and reads a forward activation and a backward error; a
+# YNNPACK fusion that is a reduction, not a matmul; the optimiser's update.
+HLO = f"""HloModule jit_train_step
+
+%fused_matmul (param_0.1: f32[3,16,128], param_1.1: f32[3,16,128]) -> f32[3,128,128] {{
+  %param_0.1 = f32[3,16,128]{{2,1,0}} parameter(0)
+  %param_1.1 = f32[3,16,128]{{2,1,0}} parameter(1)
+  ROOT %dot.7 = f32[3,128,128]{{2,1,0}} dot(%param_0.1, %param_1.1), lhs_batch_dims={{0}}, lhs_contracting_dims={{1}}, rhs_batch_dims={{0}}, rhs_contracting_dims={{1}}
+}}
+
+%fused_reduce (param_0.2: f32[], param_1.2: f32[3,128,128]) -> f32[] {{
+  %param_1.2 = f32[3,128,128]{{2,1,0}} parameter(1)
+  %square.1 = f32[3,128,128]{{2,1,0}} multiply(%param_1.2, %param_1.2), metadata={{op_name="jit(train_step)/vmap()/square"}}
+  %param_0.2 = f32[] parameter(0)
+  ROOT %reduce_sum.1 = f32[] reduce(%square.1, %param_0.2), dimensions={{0,1,2}}, to_apply=%add, metadata={{op_name="jit(train_step)/vmap()/reduce_sum"}}
+}}
+
+ENTRY %main.1 (a: f32[3,16,128], b: f32[3,16,128]) -> f32[] {{
+  %a = f32[3,16,128]{{2,1,0}} parameter(0)
+  %b = f32[3,16,128]{{2,1,0}} parameter(1)
+  %act_fusion = f32[3,16,128]{{2,1,0}} fusion(%a), kind=kLoop, calls=%x, metadata={{op_name="{FWD}/jit(leaky_relu)/select_n"}}
+  %err_fusion = f32[3,16,128]{{2,1,0}} fusion(%b), kind=kLoop, calls=%y, metadata={{op_name="{BWD}/jit(leaky_relu)/select_n"}}
+  %ynn_fusion.3 = f32[3,128,128]{{2,1,0}} fusion(%act_fusion, %err_fusion), kind=kCustom, calls=%fused_matmul, backend_config={{"fusion_config":{{"kind":"__ynn_fusion"}}}}
+  %ynn_fusion.4 = f32[] fusion(%c, %ynn_fusion.3), kind=kCustom, calls=%fused_reduce, metadata={{op_name="jit(train_step)/vmap()/reduce_sum"}}
+  ROOT %copy.2 = f32[] copy(%ynn_fusion.4)
+}}
+"""
+
+
+def test_hlo_instructions_recovers_op_name_and_matmul_kind():
+    ins = ps.hlo_instructions(HLO)
+    # the fusion without op_name reads a forward and a backward value: backward pass
+    opcode, op_name, matmul = ins["ynn_fusion.3"]
+    assert (opcode, matmul) == ("fusion", True)
+    assert op_name.startswith(BWD)
+    assert ps.classify(*ins["ynn_fusion.3"]) == "decoder backward matmul"
+    # a YNNPACK fusion around a reduction is not a matmul
+    assert ins["ynn_fusion.4"][2] is False
+    assert ps.classify(*ins["ynn_fusion.4"]) == "optimiser update"
+    assert ps.classify(*ins["act_fusion"]) == "encoder forward elementwise"
+    assert ps.classify(*ins["copy.2"]) == ps.UNATTRIBUTED
+
+
+@pytest.mark.parametrize("op_name,matmul,group", [
+    (f"{FWD}/Dense_1/dot_general", True, "encoder forward matmul"),
+    (f"{BWD}/transpose", True, "decoder backward matmul"),
+    ("jit(train_step)/vmap(transpose(jvp(PersonaXVAE)))/PersonaXVAE.log_prior/causal_prior/"
+     "causal_prior.noise/bj,ijh->bih/dot_general", True, "causal prior backward matmul"),
+    ("jit(train_step)/vmap(jvp(PersonaXVAE))/PersonaXVAE.log_prior/causal_prior/add", False,
+     "causal prior forward elementwise"),
+    ("jit(train_step)/vmap(jvp(PersonaXVAE))/jit(_normal)/exp", False,
+     "other loss terms forward elementwise"),
+    ("jit(train_step)/vmap()/vmap(jit(_threefry_fold_in))/shift_left", False, "random numbers"),
+    ("jit(train_step)/vmap(jit(clip))/min", False, "optimiser update"),
+    ("", False, ps.UNATTRIBUTED),
+])
+def test_classify(op_name, matmul, group):
+    assert ps.classify("fusion", op_name, matmul) == group
+
+
+def test_leaf_intervals_count_a_loop_through_its_body():
+    events = [(0, 100, "while.1"), (10, 40, "fusion.2"), (50, 90, "fusion.3"),
+              (120, 130, "copy.4")]
+    leaves = ps.leaf_intervals(events)
+    assert [e[2] for e in leaves] == ["fusion.2", "fusion.3", "copy.4"]
+    # two threads overlapping: the union counts the overlap once
+    assert ps.union_ns([(0, 10), (5, 20), (30, 40)]) == 30
+
+
+def test_profile_step_end_to_end(tmp_path):
+    out = tmp_path / "profile.json"
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/profile_step.py", "--batch=16", "--seeds=1,2", "--steps=3",
+         "--rounds=1", "--budget=0.01", f"--out={out}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["seeds"] for r in rows] == [1, 2]
+    for r in rows:
+        groups = r["thread_ms"]
+        # every part of the model and the optimiser are found in the real step
+        for g in ("encoder forward matmul", "encoder backward matmul", "decoder forward matmul",
+                  "decoder backward matmul", "optimiser update"):
+            assert groups.get(g, 0.0) > 0.0, (g, groups)
+        assert any(g.startswith("causal prior") for g in groups)
+        assert abs(sum(groups.values()) - r["thread_ms_total"]) < 1e-9
+        # nearly all operation time is attributed to a part of the step
+        assert groups.get(ps.UNATTRIBUTED, 0.0) < 0.25 * r["thread_ms_total"], groups
+        assert 0 < r["busy_ms"] <= r["thread_ms_total"] + 1e-9
+        assert r["step_ms"] > 0
+    assert "optimiser update" in proc.stdout and "step wall time" in proc.stdout
+
+
+def test_profile_step_rejects_bad_seeds():
+    proc = subprocess.run([sys.executable, "benchmarks/profile_step.py", "--seeds=0,2"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "--seeds" in proc.stderr
