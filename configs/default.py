@@ -58,7 +58,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.train.num_seeds = 3                 # replicas trained together (vmap)
     config.train.prefetch_steps = 8            # batches drawn per sampler call (same batches)
     config.train.microbatch_size = 0           # >0: accumulate gradients over chunks of this
-                                               # size (cache-sized chunks are faster on CPU)
+                                               # size (small chunks avoid page faults on CPU)
     config.train.log_every = 100
     config.train.checkpoint_every = 1000
     config.train.keep_checkpoints = 2

@@ -52,8 +52,11 @@ def create_train_states(method, example_xs, tx, seed: int, num_seeds: int) -> Tr
 
 # Auto microbatching (``train.microbatch_size = -1``, CPU only) splits a step whose XLA
 # temporaries exceed this into chunks that do not. Measured on the project's 2-core CPU
-# (docs/PERFORMANCE.md): steps with <= ~30 MB of temporaries run at ~1.6x the FLOP/s of
-# steps with >= ~40 MB; chunks much smaller than the budget pay per-chunk overhead.
+# (docs/PERFORMANCE.md): steps with <= ~30 MB of temporaries ran at ~1.6x the FLOP/s of
+# steps with >= ~40 MB. The cause is glibc's 32 MiB mmap ceiling (temporaries above it were
+# mapped and page-faulted afresh every step), which ``host_memory.tune_malloc`` now lifts up
+# to a thread arena's 64 MiB; chunks still keep larger steps under it. Chunks much smaller
+# than the budget pay per-chunk overhead.
 AUTO_MICROBATCH_TEMP_MB = 32.0
 
 
@@ -100,10 +103,10 @@ def make_train_step(method, microbatches: int = 1) -> Callable[[TrainState, Any]
     chunks (:func:`split_microbatches`), a ``lax.scan`` computes each chunk's loss and
     gradient and the step applies their mean. For a loss that is a per-sample mean plus
     parameter-only terms (``method.per_sample_loss``) that mean is the full batch's
-    gradient, with chunk ``i``'s sampling noise drawn from ``fold_in(key, i)``. Why: the
-    activations of one chunk stay in the CPU cache, where a step over a batch whose
-    temporaries do not fit runs ~1.6x slower (docs/PERFORMANCE.md); on an accelerator it
-    bounds the activation memory of a large batch.
+    gradient, with chunk ``i``'s sampling noise drawn from ``fold_in(key, i)``. Why: on CPU
+    a step's temporaries larger than the C allocator reuses are mapped and page-faulted
+    afresh every step (docs/PERFORMANCE.md, *Host memory*); chunks keep them small. On an
+    accelerator it bounds the activation memory of a large batch.
     """
     if microbatches < 1:
         raise ValueError(f"microbatches must be >= 1, got {microbatches}")

@@ -120,7 +120,7 @@ def resolve_microbatches(config, method, mesh, state, batch,
 
     ``-1`` (auto): on CPU, compile the one-pass step, read the size of its XLA temporaries
     and split the batch into the fewest chunks that keep each under
-    ``steps.AUTO_MICROBATCH_TEMP_MB`` (a cache budget measured on the project's CPU); on
+    ``steps.AUTO_MICROBATCH_TEMP_MB`` (measured on the project's CPU, see host_memory); on
     GPU/TPU one pass (there chunking only serialises work the device does in parallel).
     ``one_pass_temp_bytes``: that size when the caller has compiled the step already (the
     benchmark), to skip the compile.
