@@ -1,12 +1,12 @@
 """Where the time of the compiled train step goes, from a JAX profiler trace.
 
-    python benchmarks/profile_step.py                            # numerical_case2, batch 16, 1 and 8 seeds
-    python benchmarks/profile_step.py --batch=512 --seeds=1,3 --out=profile.json
+    python benchmarks/profile_step.py               # numerical_case2, batch 16, 1 and 8 seeds
+    python benchmarks/profile_step.py --batch=512 --seeds=1,3 --microbatch=auto --out=p.json
     python benchmarks/profile_step.py --model=variant_mnist_3m --batch=64 --seeds=1
 
-It traces ``--steps`` calls of the real step (``train.jit_train_step``, the chunks
-``--microbatch_size`` gives, as in training) for each seed count, and sums the time of every
-XLA operation the trace shows (thread time: on CPU the two or more threads of one step
+It traces ``--steps`` calls of the real step (``train.jit_train_step``; with
+``--microbatch=auto`` in the chunks ``train.microbatch_size=-1`` chooses) for each seed
+count, and sums the time of every XLA operation the trace shows (thread time: on CPU the two or more threads of one step
 overlap, so the total exceeds the wall time), grouped by what the operation computes, read
 from the ``op_name`` XLA keeps for it:
 
@@ -41,7 +41,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 import bench_train as bt  # noqa: E402  (also puts the repository root on sys.path)
-from crl_jax import host_memory, train  # noqa: E402
+from crl_jax import host_memory  # noqa: E402
 
 _INSTRUCTION = re.compile(r'\s*(?:ROOT )?%([\w.\-]+) = .*?\s([\w\-]+)\((?:.*?op_name="([^"]*)")?')
 _MATMUL_OPCODES = {"dot", "convolution"}
@@ -193,11 +193,9 @@ def thread_time_by_group(profile, instructions: dict, steps: int) -> tuple[dict,
 def profile_seeds(model: str, batch: int, seeds: int, args) -> dict:
     """Profile and wall time of the step of ``seeds`` replicas at ``batch``."""
     config, method, mesh, source, layout = bt.setup_model(model, args, batch, seeds)
-    config.train.microbatch_size = int(args.microbatch_size)
-    state = train.init_state(method, config, mesh, layout)
-    data = source(0)
-    n = train.resolve_microbatches(config, method, mesh, state, data)
-    runner = bt.StepRunner(method, config, mesh, layout, data, n)
+    # the step training runs: one pass, or the chunks train.microbatch_size=-1 would choose
+    (runner,) = bt.step_runners(method, config, mesh, layout, source(0), args.microbatch).values()
+    n = runner.microbatches
     instructions = hlo_instructions(runner.compiled.as_text())
     reps = bt._reps(runner.run(1), args.budget, args.steps, 200)
     wall = min(runner.run(reps) for _ in range(args.rounds))
@@ -249,8 +247,9 @@ def parse_args(argv=None):
     p.add_argument("--model", default="numerical_case2", choices=bt.MODELS)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--seeds", default="1,8", help="comma-separated seed counts (vmap)")
-    p.add_argument("--microbatch_size", type=int, default=0,
-                   help="train.microbatch_size of the profiled step (0 one pass, -1 auto)")
+    p.add_argument("--microbatch", default="off", choices=("off", "auto"),
+                   help="profile the one-pass step ('off') or the step train.microbatch_size=-1 "
+                        "trains with ('auto')")
     p.add_argument("--steps", type=int, default=40, help="steps traced (and timed per round)")
     p.add_argument("--rounds", type=int, default=5, help="rounds of the unprofiled timing")
     p.add_argument("--budget", type=float, default=0.5, help="seconds per timing round")
