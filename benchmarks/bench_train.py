@@ -23,8 +23,10 @@ Sections (``--sections``, comma-separated):
 - ``parts``: what the step spends its time on: encoder, causal prior, decoder (each forward
   and backward), the whole loss forward, forward + backward, and the optimiser update.
 - ``bandwidth``: GB/s of a jitted elementwise ``a * x + b`` over float32 buffers of growing
-  size: where the buffers stop fitting the cache share this process gets, the bandwidth
-  drops, and so does the speed of a step whose temporaries (``xla_temp_mb``) exceed it.
+  size: buffers above what the C allocator reuses (glibc's 32 MiB mmap ceiling, or a thread
+  arena's 64 MiB with ``host_memory.tune_malloc``) are mapped and page-faulted afresh on
+  every call, and the GB/s drop; so does the speed of a step whose temporaries
+  (``xla_temp_mb``) exceed it.
 
 ``--microbatch`` (default ``both``): the throughput, seeds and growth sections time the
 one-pass step and the step a run with ``train.microbatch_size=-1`` uses (gradient
@@ -666,7 +668,7 @@ def parse_args(argv=None):
                    help="buffer sizes (MiB) of the bandwidth section")
     p.add_argument("--microbatch", default="both", choices=("off", "auto", "both"),
                    help="time the one-pass step ('off'), the train.microbatch_size=-1 step "
-                        "('auto': gradient accumulation over cache-sized chunks) or both "
+                        "('auto': gradient accumulation over chunks of <= 32 MB of temporaries) or both "
                         "(throughput, seeds and growth sections)")
     p.add_argument("--malloc_tuning", default="on", choices=("on", "off"),
                    help="'on' (as training does): host_memory.tune_malloc(), so a step's "

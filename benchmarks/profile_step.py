@@ -6,9 +6,9 @@
 
 It traces ``--steps`` calls of the real step (``train.jit_train_step``; with
 ``--microbatch=auto`` in the chunks ``train.microbatch_size=-1`` chooses) for each seed
-count, and sums the time of every XLA operation the trace shows (thread time: on CPU the two or more threads of one step
-overlap, so the total exceeds the wall time), grouped by what the operation computes, read
-from the ``op_name`` XLA keeps for it:
+count, and sums the time of every XLA operation the trace shows (thread time: on CPU the
+threads of one step overlap, so the total exceeds the wall time), grouped by what the
+operation computes, read from the ``op_name`` XLA keeps for it:
 
 - part: encoder, decoder, causal prior, other loss terms; the optimiser update (gradient
   clipping, Adam, apply; everything outside the differentiated loss); random numbers
@@ -44,12 +44,10 @@ import bench_train as bt  # noqa: E402  (also puts the repository root on sys.pa
 from crl_jax import host_memory  # noqa: E402
 
 _INSTRUCTION = re.compile(r'\s*(?:ROOT )?%([\w.\-]+) = .*?\s([\w\-]+)\((?:.*?op_name="([^"]*)")?')
-_MATMUL_OPCODES = {"dot", "convolution"}
-UNATTRIBUTED = "copies and other runtime"
-
-
 _COMPUTATION = re.compile(r"^(?:ENTRY )?%([\w.\-]+) .*\{\s*$")
 _CALLS = re.compile(r"calls=%([\w.\-]+)")
+_MATMUL_OPCODES = {"dot", "convolution"}
+UNATTRIBUTED = "copies and other runtime"
 
 
 def hlo_instructions(hlo_text: str) -> dict[str, tuple[str, str, bool]]:
@@ -152,15 +150,15 @@ def leaf_intervals(events) -> list:
 
 
 def _operation_lines(profile):
-    """``(line name, [(start_ns, end_ns, name), ...])`` of the lines that show XLA operations:
-    the XLA CPU runtime's threads, or a GPU/TPU's 'XLA Ops' line."""
+    """``[(start_ns, end_ns, name), ...]`` of each line that shows XLA operations: the XLA
+    CPU runtime's threads, or a GPU/TPU's 'XLA Ops' line."""
     for plane in profile.planes:
         for line in plane.lines:
             cpu = plane.name.startswith("/host:CPU") and line.name.startswith("tf_XLA")
             device = plane.name.startswith("/device:") and line.name == "XLA Ops"
             if cpu or device:
                 # "end: X" marks the completion inside X's own interval: not an operation
-                yield line.name, [(e.start_ns, e.end_ns, e.name) for e in line.events
+                yield [(e.start_ns, e.end_ns, e.name) for e in line.events
                                   if not e.name.startswith("end: ")]
 
 
@@ -179,7 +177,7 @@ def thread_time_by_group(profile, instructions: dict, steps: int) -> tuple[dict,
     one operation runs (the rest of a step is the runtime between operations); and the
     thread time of events that are not operations of the step (reported, not grouped)."""
     groups, unknown, busy = collections.Counter(), collections.Counter(), []
-    for _, events in _operation_lines(profile):
+    for events in _operation_lines(profile):
         for start, end, name in leaf_intervals(events):
             ms = (end - start) / 1e6 / steps
             if name in instructions:
@@ -274,8 +272,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
-    if args.malloc_tuning == "on":
-        host_memory.tune_malloc()
+    malloc = host_memory.tune_malloc() if args.malloc_tuning == "on" else None
     rows = []
     for s in args.seeds_list:
         rows.append(profile_seeds(args.model, args.batch, s, args))
@@ -288,8 +285,7 @@ def main(argv=None) -> list[dict]:
         with open(args.out, "w") as f:
             json.dump({"info": {"device": str(jax.devices()[0]), "jax": jax.__version__,
                                 "argv": sys.argv[1:] if argv is None else list(argv),
-                                "malloc_tuning": host_memory.tune_malloc()
-                                if args.malloc_tuning == "on" else None},
+                                "malloc_tuning": malloc},
                        "rows": rows}, f, indent=1)
         print(f"wrote {args.out}")
     return rows
