@@ -124,7 +124,9 @@ def classify(opcode: str, op_name: str, matmul: bool) -> str:
     if "jvp(" not in op_name:
         # outside the differentiated loss: the gradient transformation and parameter update
         return "optimiser update" if op_name.startswith("jit(") else UNATTRIBUTED
-    backward = "transpose(jvp(" in op_name
+    # the backward pass is transpose(jvp(...)); a custom_vjp's backward rule
+    # (networks.dense) runs under transpose(vmap(jvp(...)))
+    backward = re.search(r"transpose\((vmap\()*jvp\(", op_name) is not None
     if re.search(r"causal_prior|log_prior", op_name):
         part = "causal prior"
     elif re.search(r"\.encode\b|encoder_", op_name):

@@ -1,6 +1,9 @@
 """The matmul forms of networks.py equal the flax modules they replace (values, gradients,
 parameter trees and initial values): the patch-matmul convolutions against nn.Conv /
-nn.ConvTranspose, the fused z/eta heads of MeasurementEncoder against two GaussianHeads."""
+nn.ConvTranspose, the fused z/eta heads of MeasurementEncoder against two GaussianHeads,
+networks.Dense (its own kernel gradient) against nn.Dense."""
+import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -119,3 +122,54 @@ def test_conv_encoder_decoder_same_on_both_backends_paths(monkeypatch):
         outs[patches] = (pe, enc.apply(pe, x), pd, dec.apply(pd, code))
     for a, b in zip(outs[True], outs[False]):
         jax.tree_util.tree_map(lambda u, v: np.testing.assert_allclose(u, v, atol=1e-5), a, b)
+
+
+@pytest.mark.parametrize("n_in,n_out", [(4, 128), (128, 128), (128, 10)])
+@pytest.mark.parametrize("lead", [(5,), (2, 5)])
+def test_dense_equals_flax_dense_values_and_gradients(n_in, n_out, lead):
+    """networks.Dense (custom kernel gradient) is nn.Dense: parameters, outputs, gradients
+    with respect to the parameters and the input, also vmapped over seeds."""
+    x = jax.random.normal(jax.random.PRNGKey(0), lead + (n_in,))
+    ref, ours = nn.Dense(n_out), networks.Dense(n_out)
+    params = ref.init(jax.random.PRNGKey(1), x)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, params,
+                           ours.init(jax.random.PRNGKey(1), x))
+    params = jax.tree_util.tree_map(
+        lambda p: p + 0.1 * jax.random.normal(jax.random.PRNGKey(2), p.shape), params)
+    np.testing.assert_allclose(ours.apply(params, x), ref.apply(params, x), rtol=1e-5, atol=1e-5)
+    w = jax.random.normal(jax.random.PRNGKey(3), lead + (n_out,))
+
+    def grads(module, p, x):
+        return jax.grad(lambda p, x: jnp.sum(w * jnp.tanh(module.apply(p, x))), (0, 1))(p, x)
+
+    tol = dict(rtol=1e-5, atol=1e-5)
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, **tol),
+                           grads(ours, params, x), grads(ref, params, x))
+    seeds = jax.tree_util.tree_map(lambda p: jnp.stack([p, 2.0 * p, -p]), params)
+    xs = jnp.stack([x, x + 1.0, 2.0 * x])
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, **tol),
+                           jax.vmap(lambda p, x: grads(ours, p, x))(seeds, xs),
+                           jax.vmap(lambda p, x: grads(ref, p, x))(seeds, xs))
+
+
+def _kernel_gradient_dot_shapes(layer, n_in, n_out):
+    x = jnp.ones((512, n_in))
+    k, b = jnp.ones((n_in, n_out)), jnp.ones((n_out,))
+    grad = jax.jit(jax.grad(lambda k: jnp.sum(jnp.tanh(layer(x, k, b)))))
+    text = grad.lower(k).compile().as_text()
+    return {m.group(1) for m in re.finditer(r"= f32\[([\d,]+)\]\{[\d,]*\} dot\(", text)}
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU's products")
+def test_dense_kernel_gradient_keeps_the_wide_side_as_output_columns():
+    """The reason for networks.dense: XLA:CPU folds the transpose of autodiff's (out, in)
+    kernel gradient into the product and runs a (128, 10) product several times slower than
+    a (10, 128) one. networks.dense keeps the wide side as the product's columns."""
+    def plain(x, k, b):
+        return x @ k + b
+
+    assert "128,10" in _kernel_gradient_dot_shapes(plain, 128, 10)   # what it avoids
+    ours = _kernel_gradient_dot_shapes(networks.dense, 128, 10)
+    assert "10,128" in ours and "128,10" not in ours
+    ours = _kernel_gradient_dot_shapes(networks.dense, 4, 128)
+    assert "4,128" in ours and "128,4" not in ours

@@ -63,6 +63,9 @@ def test_hlo_instructions_recovers_op_name_and_matmul_kind():
 @pytest.mark.parametrize("op_name,matmul,group", [
     (f"{FWD}/Dense_1/dot_general", True, "encoder forward matmul"),
     (f"{BWD}/transpose", True, "decoder backward matmul"),
+    ("jit(train_step)/vmap(transpose(vmap(jvp(PersonaXVAE))))/PersonaXVAE.decode/"
+     "vmap(decoder_m1)/MLP_0/Dense_0/dot_general", True, "decoder backward matmul"),
+    (f"{FWD}/Dense_0/transpose", False, "encoder forward elementwise"),
     ("jit(train_step)/vmap(transpose(jvp(PersonaXVAE)))/PersonaXVAE.log_prior/causal_prior/"
      "causal_prior.noise/bj,ijh->bih/dot_general", True, "causal prior backward matmul"),
     ("jit(train_step)/vmap(jvp(PersonaXVAE))/PersonaXVAE.log_prior/causal_prior/add", False,
