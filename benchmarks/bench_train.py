@@ -13,8 +13,11 @@ Sections (``--sections``, comma-separated):
   of a 2048^3 matmul; the ratio achieved / comparable matmul; time to sample one batch
   (``input_pipeline.BatchSource``) as a fraction of a step; peak host RSS, XLA's temp buffer
   size of the step, device peak memory where the device reports it.
-- ``seeds``: time per step for 1, 2, 4, 8, 16 seeds trained together (vmap), and of the
-  optimiser update alone for those seeds (its cost grows with the seeds, not the batch).
+- ``seeds``: time per step for 1, 2, 4, 8, 16 seeds trained together (vmap), of the
+  optimiser update alone for those seeds (its cost grows with the seeds, not the batch), and
+  of the step's matrix products alone (every ``dot_general`` of the step's jaxpr on random
+  operands of its shapes, one jitted program); matmuls + optimiser alone, in units of one
+  seed's step, is a floor for the seeds' step that no fusion or schedule can beat.
 - ``devices``: time per step at a fixed global batch on 1, 2, 4, 8 devices (on CPU a
   subprocess per count with ``--xla_force_host_platform_device_count``; on GPU/TPU the
   first N real devices).
@@ -57,6 +60,7 @@ if ROOT not in sys.path:
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+from jax.extend import core as jax_core  # noqa: E402
 import numpy as np  # noqa: E402
 
 from configs import default as default_config  # noqa: E402
@@ -337,6 +341,70 @@ class _OptimiserRunner:
         return (time.perf_counter() - t0) / n
 
 
+_LOOPS = ("scan", "while")
+
+
+def jaxpr_matmuls(closed_jaxpr) -> list:
+    """The ``dot_general`` equations of a jaxpr, nested jaxprs included (``pjit``,
+    ``custom_vjp``, ...). Raises if one sits inside a loop (its product runs more than once)."""
+    def walk(jaxpr, in_loop: bool, out: list) -> list:
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name == "dot_general":
+                if in_loop:
+                    raise ValueError("jaxpr_matmuls: a dot_general inside a loop runs more "
+                                     "than once per call; time the one-pass step")
+                out.append(eqn)
+            looped = in_loop or eqn.primitive.name in _LOOPS
+            for value in eqn.params.values():
+                for sub in value if isinstance(value, (list, tuple)) else (value,):
+                    if isinstance(sub, jax_core.ClosedJaxpr):
+                        walk(sub.jaxpr, looped, out)
+                    elif isinstance(sub, jax_core.Jaxpr):
+                        walk(sub, looped, out)
+        return out
+
+    return walk(closed_jaxpr.jaxpr, False, [])
+
+
+def matmul_flops(eqn) -> float:
+    """2 x output elements x contracted size of one ``dot_general`` equation."""
+    (contract_lhs, _), _ = eqn.params["dimension_numbers"]
+    lhs = eqn.invars[0].aval.shape
+    return 2.0 * float(np.prod(eqn.outvars[0].aval.shape)) * float(
+        np.prod([lhs[d] for d in contract_lhs]))
+
+
+class _MatmulsRunner:
+    """The matrix products of the one-pass step alone: every ``dot_general`` of its jaxpr on
+    random operands of the same shapes and dimension numbers, in one jitted program, with no
+    elementwise work and no dependencies between them. What XLA's matrix products on this
+    device need for one step's products; no fusion or schedule of the rest of the step can
+    make the step faster than this plus the optimiser update."""
+
+    def __init__(self, method, config, mesh, layout, batch):
+        state = train.init_state(method, config, mesh, layout)
+        eqns = jaxpr_matmuls(jax.make_jaxpr(steps.make_train_step(method, 1))(state, batch))
+        del state
+        key = jax.random.PRNGKey(0)
+        self.operands = []
+        for i, eqn in enumerate(eqns):
+            keys = jax.random.split(jax.random.fold_in(key, i), len(eqn.invars))
+            self.operands.append(tuple(jax.random.normal(k, v.aval.shape, v.aval.dtype)
+                                       for k, v in zip(keys, eqn.invars)))
+        prims = [(eqn.primitive, dict(eqn.params)) for eqn in eqns]
+        self.fn = jax.jit(lambda ops: [p.bind(*o, **kw) for (p, kw), o in zip(prims, ops)])
+        self.count = len(eqns)
+        self.flops = sum(matmul_flops(e) for e in eqns)
+        self.run(1)
+
+    def run(self, n: int) -> float:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            out = self.fn(self.operands)
+        jax.block_until_ready(out)
+        return (time.perf_counter() - t0) / n
+
+
 def section_seeds(args) -> list[dict]:
     rows = []
     for batch in args.seed_batches:
@@ -348,9 +416,11 @@ def section_seeds(args) -> list[dict]:
                 runners[(mode, s)] = runner
                 reps[(mode, s)] = _reps(runner.run(1), args.budget, args.steps, 50)
             runners[("optimiser", s)] = _OptimiserRunner(method, config, mesh, layout)
-            reps[("optimiser", s)] = _reps(runners[("optimiser", s)].run(1), args.budget, 3, 200)
+            runners[("matmuls", s)] = _MatmulsRunner(method, config, mesh, layout, source(0))
+            for part in ("optimiser", "matmuls"):
+                reps[(part, s)] = _reps(runners[(part, s)].run(1), args.budget, 3, 200)
         times = paired_rounds(runners, reps, args.rounds)
-        for mode in dict.fromkeys(m for m, _ in runners if m != "optimiser"):
+        for mode in dict.fromkeys(m for m, _ in runners if m not in ("optimiser", "matmuls")):
             s0 = args.seeds_list[0]
             base = float(np.min(times[(mode, s0)])) / s0
             for s in args.seeds_list:
@@ -363,6 +433,14 @@ def section_seeds(args) -> list[dict]:
                              "optimiser_vs_one_seed_step": float(
                                  np.min(times[("optimiser", s)])) / base,
                              "per_seed_cost_vs_one_seed": t / (s * base),
+                             "matmuls": summary(times[("matmuls", s)]),
+                             "matmuls_count": runners[("matmuls", s)].count,
+                             "matmuls_flops": runners[("matmuls", s)].flops / float(
+                                 np.min(times[("matmuls", s)])),
+                             # matmuls alone + optimiser alone, in units of one seed's step
+                             "floor_vs_one_seed_step": (float(np.min(times[("matmuls", s)]))
+                                                        + float(np.min(times[("optimiser", s)])))
+                                                       / base,
                              "xla_temp_mb": runner.temp_mb, "compile_s": runner.compile_s})
                 print(f"  B={batch} seeds={s} {mode} ({runner.microbatches} chunk(s)): "
                       f"{t * 1e3:.1f} ms/step, {t / base:.2f} x one seed", flush=True)
@@ -599,14 +677,20 @@ def print_tables(results: dict) -> None:
     if results.get("seeds"):
         print("\n## Seeds trained together (vmap), numerical_case2")
         print(f"{'batch':>6s} {'seeds':>5s} {'step':>12s} {'ms/step':>8s} {'x 1 seed':>8s} "
-              f"{'per-seed cost':>13s} {'optimiser ms':>12s} {'optimiser x 1 seed':>18s}")
+              f"{'per-seed cost':>13s} {'optimiser ms':>12s} {'optimiser x 1 seed':>18s} "
+              f"{'matmuls ms':>10s} {'mm GFLOP/s':>10s} {'floor x 1 seed':>14s}")
+        print("  (floor = the step's matrix products alone + the optimiser update alone)")
         for r in results["seeds"]:
             mode = f"{r.get('microbatch_mode', 'one pass')}/{r.get('microbatches', 1)}"
             opt = r.get("optimiser", {}).get("min_s")
+            mm = r.get("matmuls", {}).get("min_s")
             print(f"{r['batch']:6d} {r['seeds']:5d} {mode:>12s} {r['step']['min_s'] * 1e3:8.1f} "
                   f"{r['time_vs_one_seed']:8.2f} {r['per_seed_cost_vs_one_seed']:13.2f} "
                   f"{_fmt(opt and opt * 1e3, '12.2f')} "
-                  f"{_fmt(r.get('optimiser_vs_one_seed_step'), '18.2f')}")
+                  f"{_fmt(r.get('optimiser_vs_one_seed_step'), '18.2f')} "
+                  f"{_fmt(mm and mm * 1e3, '10.2f')} "
+                  f"{_fmt(r.get('matmuls_flops') and r['matmuls_flops'] / 1e9, '10.1f')} "
+                  f"{_fmt(r.get('floor_vs_one_seed_step'), '14.2f')}")
     if results.get("devices"):
         print("\n## Devices (fixed global batch), numerical_case2")
         print(f"{'devices':>7s} {'batch':>6s} {'ms/step':>8s} {'speedup':>7s} {'compile s':>9s}")

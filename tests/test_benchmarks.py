@@ -52,6 +52,52 @@ def test_bench_train_tiny_run_reports_both_steps(tmp_path):
         ("one pass", 1), ("one pass", 2), ("auto", 1), ("auto", 2)}
     assert all(r["optimiser"]["min_s"] > 0 for r in seeds)
     assert "optimiser" in stdout
+    # the matmul floor: the step's products, twice as many FLOPs for twice the seeds
+    one = {r["seeds"]: r for r in seeds if r["microbatch_mode"] == "one pass"}
+    assert one[1]["matmuls_count"] == one[2]["matmuls_count"] > 0
+    for r in one.values():
+        assert r["matmuls"]["min_s"] > 0 and r["matmuls_flops"] > 0
+        assert r["floor_vs_one_seed_step"] > r["optimiser_vs_one_seed_step"]
+    assert "floor x 1 seed" in stdout
+
+
+def _bench_train():
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import bench_train
+    return bench_train
+
+
+def test_jaxpr_matmuls_finds_nested_products_and_counts_their_flops():
+    import jax
+    import jax.numpy as jnp
+    bt = _bench_train()
+
+    @jax.custom_vjp
+    def inner(x, w):
+        return x @ w
+
+    inner.defvjp(lambda x, w: (x @ w, None), lambda _, g: (g, g))
+
+    def f(x, w, v):
+        y = jax.jit(lambda a, b: jnp.einsum("bij,bjk->bik", a, b))(x, w)   # inside a pjit
+        return inner(y[0], v)                                               # inside custom_vjp
+
+    x, w, v = jnp.ones((3, 5, 7)), jnp.ones((3, 7, 11)), jnp.ones((11, 2))
+    eqns = bt.jaxpr_matmuls(jax.make_jaxpr(f)(x, w, v))
+    assert len(eqns) == 2
+    assert sorted(bt.matmul_flops(e) for e in eqns) == [2.0 * 5 * 2 * 11, 2.0 * 3 * 5 * 11 * 7]
+
+
+def test_jaxpr_matmuls_refuses_products_inside_a_loop():
+    import jax
+    import jax.numpy as jnp
+    bt = _bench_train()
+
+    def f(x, w):
+        return jax.lax.scan(lambda c, wi: (c @ wi, None), x, w)[0]
+
+    with pytest.raises(ValueError, match="inside a loop"):
+        bt.jaxpr_matmuls(jax.make_jaxpr(f)(jnp.ones((4, 4)), jnp.ones((3, 4, 4))))
 
 
 @pytest.mark.slow
