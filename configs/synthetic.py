@@ -10,10 +10,10 @@ the tests. Any field can be overridden, e.g. ``--config.train.num_seeds=5``.
 
 Expected result of the default command (measured, see the README's "Results"): held-out
 MCC 0.931 ± 0.008 (Pearson) over 3 seeds, kernel R² of the true block from the estimated
-block 0.977 (m1) and 0.918 (m2); 151 s of training on 2 quiet CPU cores (178 s with
-``CRL_JAX_MALLOC_TUNING=0``, see crl_jax/host_memory.py; several minutes more when other jobs
-share the cores). ``--config.train.microbatch_size=-1`` trains it in 148 s on CPU
-(docs/PERFORMANCE.md, *Host memory* and *Microbatching*).
+block 0.975 (m1) and 0.918 (m2); ~105 s of training on 2 quiet CPU cores (102.9 and 105.4 s
+in two runs; longer when other jobs share the cores, and with ``CRL_JAX_MALLOC_TUNING=0``:
+see crl_jax/host_memory.py). ``--config.train.microbatch_size=-1`` is slower here (122.3 s;
+docs/PERFORMANCE.md, *Host memory*).
 """
 from __future__ import annotations
 
