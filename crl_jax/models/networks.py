@@ -36,8 +36,8 @@ def dense(x: jnp.ndarray, kernel: jnp.ndarray, bias: jnp.ndarray) -> jnp.ndarray
     5-7x slower than the (10, 128) one (thin output). Here that product keeps (out, in) and
     is transposed after an ``optimization_barrier`` (a copy of out x in values), so XLA
     cannot fold it back; square and widening layers take ``x^T dy`` directly. Measured on
-    the default run (3 seeds x batch 512, 2 CPU cores): training 143.9 -> 129.0 s, the same
-    MCC (docs/PERFORMANCE.md, *What was changed*). Same values as autodiff
+    the default run's step (3 seeds x batch 512, 2 CPU cores): 20.9 -> 17.8 ms, the same MCC
+    (docs/PERFORMANCE.md, *What was changed*). Same values as autodiff
     (tests/test_networks_equivalence.py). Reverse mode only: nothing in the project
     differentiates the networks forward-mode (``jax.jvp`` raises on a ``custom_vjp``)."""
     return x @ kernel + bias
