@@ -10,9 +10,9 @@ the tests. Any field can be overridden, e.g. ``--config.train.num_seeds=5``.
 
 Expected result of the default command (measured, see the README's "Results"): held-out
 MCC 0.931 ± 0.008 (Pearson) over 3 seeds, kernel R² of the true block from the estimated
-block 0.975 (m1) and 0.918 (m2); ~105 s of training on 2 quiet CPU cores (102.9 and 105.4 s
-in two runs; longer when other jobs share the cores, and with ``CRL_JAX_MALLOC_TUNING=0``:
-see crl_jax/host_memory.py). ``--config.train.microbatch_size=-1`` is slower here (122.3 s;
+block 0.975 (m1) and 0.918 (m2); 103-119 s of training on 2 CPU cores (102.9 and 105.4 s in
+two quiet runs, 118.7 s with other work on the machine; longer when other jobs share the
+cores, and with ``CRL_JAX_MALLOC_TUNING=0``: see crl_jax/host_memory.py). ``--config.train.microbatch_size=-1`` is slower here (122.3 s;
 docs/PERFORMANCE.md, *Host memory*).
 """
 from __future__ import annotations
