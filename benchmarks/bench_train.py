@@ -381,10 +381,9 @@ class _MatmulsRunner:
     device need for one step's products; no fusion or schedule of the rest of the step can
     make the step faster than this plus the optimiser update."""
 
-    def __init__(self, method, config, mesh, layout, batch):
-        state = train.init_state(method, config, mesh, layout)
+    def __init__(self, method, state, batch):
+        """``state``: a train state of the step (only its shapes are read)."""
         eqns = jaxpr_matmuls(jax.make_jaxpr(steps.make_train_step(method, 1))(state, batch))
-        del state
         key = jax.random.PRNGKey(0)
         self.operands = []
         for i, eqn in enumerate(eqns):
@@ -416,7 +415,7 @@ def section_seeds(args) -> list[dict]:
                 runners[(mode, s)] = runner
                 reps[(mode, s)] = _reps(runner.run(1), args.budget, args.steps, 50)
             runners[("optimiser", s)] = _OptimiserRunner(method, config, mesh, layout)
-            runners[("matmuls", s)] = _MatmulsRunner(method, config, mesh, layout, source(0))
+            runners[("matmuls", s)] = _MatmulsRunner(method, runner.state, runner.batch)
             for part in ("optimiser", "matmuls"):
                 reps[(part, s)] = _reps(runners[(part, s)].run(1), args.budget, 3, 200)
         times = paired_rounds(runners, reps, args.rounds)
@@ -425,22 +424,19 @@ def section_seeds(args) -> list[dict]:
             base = float(np.min(times[(mode, s0)])) / s0
             for s in args.seeds_list:
                 t = float(np.min(times[(mode, s)]))
+                t_opt, t_mm = (float(np.min(times[(part, s)])) for part in ("optimiser", "matmuls"))
                 runner = runners[(mode, s)]
                 rows.append({"model": "numerical_case2", "batch": batch, "seeds": s,
                              "microbatch_mode": mode, "microbatches": runner.microbatches,
                              "step": summary(times[(mode, s)]), "time_vs_one_seed": t / base,
                              "optimiser": summary(times[("optimiser", s)]),
-                             "optimiser_vs_one_seed_step": float(
-                                 np.min(times[("optimiser", s)])) / base,
+                             "optimiser_vs_one_seed_step": t_opt / base,
                              "per_seed_cost_vs_one_seed": t / (s * base),
                              "matmuls": summary(times[("matmuls", s)]),
                              "matmuls_count": runners[("matmuls", s)].count,
-                             "matmuls_flops": runners[("matmuls", s)].flops / float(
-                                 np.min(times[("matmuls", s)])),
+                             "matmuls_flops": runners[("matmuls", s)].flops / t_mm,
                              # matmuls alone + optimiser alone, in units of one seed's step
-                             "floor_vs_one_seed_step": (float(np.min(times[("matmuls", s)]))
-                                                        + float(np.min(times[("optimiser", s)])))
-                                                       / base,
+                             "floor_vs_one_seed_step": (t_mm + t_opt) / base,
                              "xla_temp_mb": runner.temp_mb, "compile_s": runner.compile_s})
                 print(f"  B={batch} seeds={s} {mode} ({runner.microbatches} chunk(s)): "
                       f"{t * 1e3:.1f} ms/step, {t / base:.2f} x one seed", flush=True)
@@ -752,8 +748,8 @@ def parse_args(argv=None):
                    help="buffer sizes (MiB) of the bandwidth section")
     p.add_argument("--microbatch", default="both", choices=("off", "auto", "both"),
                    help="time the one-pass step ('off'), the train.microbatch_size=-1 step "
-                        "('auto': gradient accumulation over chunks of <= 32 MB of temporaries) or both "
-                        "(throughput, seeds and growth sections)")
+                        "('auto': gradient accumulation over chunks of <= 32 MB of "
+                        "temporaries) or both (throughput, seeds and growth sections)")
     p.add_argument("--malloc_tuning", default="on", choices=("on", "off"),
                    help="'on' (as training does): host_memory.tune_malloc(), so a step's "
                         "temporaries are reused instead of page-faulted every step; 'off': "
