@@ -1,7 +1,7 @@
 """The matmul forms of networks.py equal the flax modules they replace (values, gradients,
 parameter trees and initial values): the patch-matmul convolutions against nn.Conv /
-nn.ConvTranspose, the fused z/eta heads of MeasurementEncoder against two GaussianHeads,
-networks.Dense (its own kernel gradient) against nn.Dense."""
+nn.ConvTranspose, GaussianHead and the fused z/eta heads of MeasurementEncoder against
+nn.Dense heads, networks.Dense (its own kernel gradient) against nn.Dense."""
 import re
 
 import flax.linen as nn
@@ -71,8 +71,56 @@ def test_conv_encoder_decoder_parameter_tree_unchanged():
     assert dec["ConvTranspose_1"]["kernel"].shape == (4, 4, 32, 3)
 
 
+class _FlaxGaussianHead(nn.Module):
+    """GaussianHead as first written: two nn.Dense (mean; log-variance from zero kernel and
+    bias -2), the log-variance clipped to (-12, 6)."""
+
+    dim: int
+
+    @nn.compact
+    def __call__(self, h):
+        mean = nn.Dense(self.dim)(h)
+        logvar = nn.Dense(self.dim, kernel_init=nn.initializers.zeros,
+                          bias_init=nn.initializers.constant(-2.0))(h)
+        return mean, jnp.clip(logvar, -12.0, 6.0)
+
+
+@pytest.mark.parametrize("lead", [(5,), (2, 5)])
+def test_gaussian_head_matches_two_flax_dense(lead):
+    """GaussianHead (one dense product of both heads): nn.Dense's parameter tree and initial
+    values, the same outputs (clipping included) and gradients, also vmapped over seeds."""
+    h = jax.random.normal(jax.random.PRNGKey(0), lead + (16,))
+    ref, ours = _FlaxGaussianHead(3), networks.GaussianHead(3)
+    params = ref.init(jax.random.PRNGKey(1), h)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, params,
+                           ours.init(jax.random.PRNGKey(1), h))
+    params = jax.tree_util.tree_map(
+        lambda p: 3.0 * jax.random.normal(jax.random.PRNGKey(2), p.shape), params)
+    outs_ref = ref.apply(params, h)
+    assert float(jnp.max(outs_ref[1])) == 6.0 and float(jnp.min(outs_ref[1])) == -12.0
+    for a, b in zip(ours.apply(params, h), outs_ref):
+        assert a.shape == b.shape == lead + (3,)
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    w = jax.random.normal(jax.random.PRNGKey(3), (2,) + lead + (3,))
+
+    def grads(module, p, h):
+        def loss(p, h):
+            mean, logvar = module.apply(p, h)
+            return jnp.sum(w[0] * jnp.tanh(mean) + w[1] * logvar)
+        return jax.grad(loss, (0, 1))(p, h)
+
+    tol = dict(rtol=1e-5, atol=1e-5)
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, **tol),
+                           grads(ours, params, h), grads(ref, params, h))
+    seeds = jax.tree_util.tree_map(lambda p: jnp.stack([p, 0.5 * p]), params)
+    hs = jnp.stack([h, h - 1.0])
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, **tol),
+                           jax.vmap(lambda p, h: grads(ours, p, h))(seeds, hs),
+                           jax.vmap(lambda p, h: grads(ref, p, h))(seeds, hs))
+
+
 class _TwoHeadEncoder(nn.Module):
-    """MeasurementEncoder as first written: one GaussianHead per latent group."""
+    """MeasurementEncoder as first written: one GaussianHead (nn.Dense) per latent group."""
 
     latent_dim: int
     eta_dim: int
@@ -80,9 +128,9 @@ class _TwoHeadEncoder(nn.Module):
     @nn.compact
     def __call__(self, x):
         h = networks.FeatureEncoder("mlp", (16,))(x)
-        z_mean, z_logvar = networks.GaussianHead(self.latent_dim)(h)
+        z_mean, z_logvar = _FlaxGaussianHead(self.latent_dim, name="GaussianHead_0")(h)
         if self.eta_dim > 0:
-            eta_mean, eta_logvar = networks.GaussianHead(self.eta_dim)(h)
+            eta_mean, eta_logvar = _FlaxGaussianHead(self.eta_dim, name="GaussianHead_1")(h)
         else:
             eta_mean = eta_logvar = jnp.zeros(h.shape[:-1] + (0,), h.dtype)
         return h, z_mean, z_logvar, eta_mean, eta_logvar

@@ -84,7 +84,8 @@ class RepresentationEncoder(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-        return nn.Dense(self.dim)(networks.FeatureEncoder(self.kind, tuple(self.hidden))(x))
+        features = networks.FeatureEncoder(self.kind, tuple(self.hidden))(x)
+        return networks.Dense(self.dim)(features)
 
 
 class ViewEncoders(nn.Module):

@@ -189,16 +189,20 @@ _LOGVAR_BIAS_INIT = -2.0
 
 
 class GaussianHead(nn.Module):
-    """Features -> (mean, log-variance) of a diagonal Gaussian."""
+    """Features -> (mean, log-variance) of a diagonal Gaussian.
+
+    The parameters of two ``nn.Dense(dim)`` (``Dense_0``: mean, ``Dense_1``: log-variance,
+    which starts at zero kernel and bias -2), applied as one :func:`dense` product, the form
+    of the encoder's fused heads (one definition of the parameters for both). On the
+    ``content_style`` step (shared latent) it measured the same as two ``nn.Dense`` (within
+    5 %), so this is for one code path, not speed."""
 
     dim: int
 
     @nn.compact
     def __call__(self, h: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
-        mean = nn.Dense(self.dim)(h)
-        logvar = nn.Dense(self.dim, kernel_init=nn.initializers.zeros,
-                          bias_init=nn.initializers.constant(_LOGVAR_BIAS_INIT))(h)
-        return mean, jnp.clip(logvar, *_LOGVAR_RANGE)
+        out = dense(h, *_gaussian_head_params(self.dim, h.shape[-1]))
+        return out[..., :self.dim], jnp.clip(out[..., self.dim:], *_LOGVAR_RANGE)
 
 
 class _DenseParams(nn.Module):
@@ -214,20 +218,26 @@ class _DenseParams(nn.Module):
                 self.param("bias", self.bias_init, (self.features,)))
 
 
+def _gaussian_head_params(dim: int, in_features: int):
+    """Inside a compact method: the parameters of a :class:`GaussianHead` (the two
+    ``nn.Dense`` it would have as ``Dense_0`` / ``Dense_1``: same names, shapes and initial
+    values), as one (in, 2 * dim) kernel [mean | logvar] and bias."""
+    k_mean, b_mean = _DenseParams(dim, name="Dense_0")(in_features)
+    k_logvar, b_logvar = _DenseParams(
+        dim, nn.initializers.zeros, nn.initializers.constant(_LOGVAR_BIAS_INIT),
+        name="Dense_1")(in_features)
+    return jnp.concatenate([k_mean, k_logvar], axis=1), jnp.concatenate([b_mean, b_logvar])
+
+
 class _GaussianHeadParams(nn.Module):
-    """The parameters of a :class:`GaussianHead` (same names, shapes and initial values),
-    as one (in, 2 * dim) kernel [mean | logvar] and bias."""
+    """The parameters of a :class:`GaussianHead` without applying it (the encoder fuses
+    several heads into one product)."""
 
     dim: int
 
     @nn.compact
     def __call__(self, in_features: int):
-        k_mean, b_mean = _DenseParams(self.dim, name="Dense_0")(in_features)
-        k_logvar, b_logvar = _DenseParams(
-            self.dim, nn.initializers.zeros, nn.initializers.constant(_LOGVAR_BIAS_INIT),
-            name="Dense_1")(in_features)
-        return (jnp.concatenate([k_mean, k_logvar], axis=1),
-                jnp.concatenate([b_mean, b_logvar]))
+        return _gaussian_head_params(self.dim, in_features)
 
 
 class MeasurementEncoder(nn.Module):
