@@ -118,3 +118,30 @@ def test_bench_train_auto_only_never_runs_the_one_pass_step(tmp_path):
     (row,) = result["throughput"]
     assert row["microbatch_mode"] == "auto" and row["microbatches"] > 1
     assert row["flops_per_step"] > 0 and row["steps_per_s"] > 0
+
+
+def test_bench_optimizer_tiny_run(tmp_path):
+    """benchmarks/bench_optimizer.py: the three programs per seed count, on the parameters
+    of the model (twice as many for two seeds), with XLA's byte counts: the stream moves at
+    least the 28 bytes per parameter of Adam's inputs and outputs and no more than Adam."""
+    out = tmp_path / "opt.json"
+    proc = subprocess.run([sys.executable, "benchmarks/bench_optimizer.py", "--seeds=1,2",
+                           "--rounds=1", "--budget=0.01", f"--out={out}"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    rows = {(r["seeds"], r["program"]): r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {(s, p) for s in (1, 2) for p in ("optax", "flat", "stream")}
+    assert rows[(2, "optax")]["params"] == 2 * rows[(1, "optax")]["params"] > 100_000
+    for s in (1, 2):
+        optax_row, flat, stream = (rows[(s, p)] for p in ("optax", "flat", "stream"))
+        assert 28.0 <= stream["bytes_per_param"] <= optax_row["bytes_per_param"]
+        assert flat["loop_fusions"] < optax_row["loop_fusions"]
+        assert all(r["time"]["min_s"] > 0 and r["gb_per_s"] > 0
+                   for r in (optax_row, flat, stream))
+    assert "## Optimiser update" in proc.stdout
+
+
+def test_bench_optimizer_rejects_bad_seed_counts():
+    proc = subprocess.run([sys.executable, "benchmarks/bench_optimizer.py", "--seeds=0"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "--seeds" in proc.stderr
