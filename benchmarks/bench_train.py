@@ -30,6 +30,10 @@ Sections (``--sections``, comma-separated):
   arena's 64 MiB with ``host_memory.tune_malloc``) are mapped and page-faulted afresh on
   every call, and the GB/s drop; so does the speed of a step whose temporaries
   (``xla_temp_mb``) exceed it.
+- ``products``: GFLOP/s of a jitted float32 batched product ``(b, rows, w) @ (b, w, w)``
+  (``w`` = numerical_case2's widest layer), the form of the step's per-measurement and
+  per-seed layers, for each ``--product_rows`` and ``--product_batches``: how fast XLA runs
+  the step's products at its batch sizes (on CPU, products of few rows run on one thread).
 
 ``--microbatch`` (default ``both``): the throughput, seeds and growth sections time the
 one-pass step and the step a run with ``train.microbatch_size=-1`` uses (gradient
@@ -68,7 +72,7 @@ from configs import synthetic as synthetic_config  # noqa: E402
 from crl_jax import experiment, host_memory, input_pipeline, methods, parallel, steps, train  # noqa: E402
 from crl_jax.models import vae  # noqa: E402
 
-SECTIONS = ("throughput", "seeds", "devices", "growth", "parts", "bandwidth")
+SECTIONS = ("throughput", "seeds", "devices", "growth", "parts", "bandwidth", "products")
 MODELS = ("numerical_case2", "variant_mnist_3m")
 
 
@@ -560,6 +564,25 @@ def section_bandwidth(args) -> list[dict]:
     return rows
 
 
+def section_products(args) -> list[dict]:
+    width = widest_layer(model_config("numerical_case2", args.data_dir, 1))
+    product = jax.jit(lambda x, w: jnp.einsum("bni,bij->bnj", x, w))
+    runners, reps = {}, {}
+    for rows in args.product_rows:
+        for b in args.product_batches:
+            kx, kw = jax.random.split(jax.random.PRNGKey(rows * 1000 + b))
+            runners[(rows, b)] = _Fn(product, jax.random.normal(kx, (b, rows, width)),
+                                     jax.random.normal(kw, (b, width, width)))
+            reps[(rows, b)] = _reps(runners[(rows, b)].run(1), args.budget, 3, 2000)
+    times = paired_rounds(runners, reps, args.rounds)
+    out = []
+    for (rows, b), ts in times.items():
+        t = float(np.min(ts))
+        out.append({"rows": rows, "batch": b, "width": width, "time": summary(ts),
+                    "flops_per_s": 2.0 * b * rows * width * width / t})
+    return out
+
+
 def section_parts(args) -> list[dict]:
     rows = []
     for model, batch in ((m, args.parts_batch if m == "numerical_case2" else args.parts_image_batch)
@@ -708,6 +731,15 @@ def print_tables(results: dict) -> None:
         print("\n## Elementwise bandwidth (a * x + b, float32; read + write)")
         print("  " + " ".join(f"{r['buffer_mb']:g}MB:{r['gb_per_s']:.1f}GB/s"
                               for r in results["bandwidth"]))
+    if results.get("products"):
+        rs = results["products"]
+        batches = sorted({r["batch"] for r in rs})
+        by = {(r["rows"], r["batch"]): r["flops_per_s"] for r in rs}
+        print(f"\n## Batched products (b, rows, {rs[0]['width']}) @ (b, {rs[0]['width']}, "
+              f"{rs[0]['width']}), GFLOP/s")
+        print(f"{'rows':>6s} " + " ".join(f"{f'b={b}':>7s}" for b in batches))
+        for rows in sorted({r["rows"] for r in rs}):
+            print(f"{rows:6d} " + " ".join(f"{by[(rows, b)] / 1e9:7.1f}" for b in batches))
     if results.get("parts"):
         print("\n## Parts of the step")
         print(f"{'model':18s} {'batch':>6s} {'part':28s} {'ms':>8s} {'of step':>8s} {'GFLOP':>7s}")
@@ -746,6 +778,10 @@ def parse_args(argv=None):
     p.add_argument("--parts_image_batch", type=int, default=256)
     p.add_argument("--bandwidth_mb", default="1,4,8,16,24,32,64,128",
                    help="buffer sizes (MiB) of the bandwidth section")
+    p.add_argument("--product_rows", default="16,128,256,512,768,1024,2048,4096",
+                   help="rows of each matrix in the products section")
+    p.add_argument("--product_batches", default="1,3,6,24",
+                   help="matrices per batched product in the products section")
     p.add_argument("--microbatch", default="both", choices=("off", "auto", "both"),
                    help="time the one-pass step ('off'), the train.microbatch_size=-1 step "
                         "('auto': gradient accumulation over chunks of <= 32 MB of "
@@ -765,10 +801,13 @@ def parse_args(argv=None):
                 f"models {list(MODELS)}")
     args.bandwidth_mb = [float(v) for v in args.bandwidth_mb.split(",") if v]
     for name in ("batch_sizes", "seeds_list", "seed_batches", "devices_list", "k_list",
-                 "m_list", "d_list"):
+                 "m_list", "d_list", "product_rows", "product_batches"):
         setattr(args, name, _ints(getattr(args, name)))
     if args.rounds < 1 or args.steps < 1:
         p.error("--rounds and --steps must be >= 1")
+    if "products" in args.sections and (not args.product_rows or not args.product_batches
+                                        or min(args.product_rows + args.product_batches) < 1):
+        p.error("--product_rows and --product_batches must be comma-separated integers >= 1")
     return args
 
 

@@ -145,3 +145,21 @@ def test_bench_optimizer_rejects_bad_seed_counts():
     proc = subprocess.run([sys.executable, "benchmarks/bench_optimizer.py", "--seeds=0"],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "--seeds" in proc.stderr
+
+
+def test_bench_train_products_section(tmp_path):
+    """The products section: one row per (rows, batch of matrices) at the model's width."""
+    result, stdout = _run(tmp_path, "--sections=products", "--product_rows=16,64",
+                          "--product_batches=1,3")
+    rows = {(r["rows"], r["batch"]): r for r in result["products"]}
+    assert set(rows) == {(16, 1), (16, 3), (64, 1), (64, 3)}
+    assert all(r["width"] == 128 and r["flops_per_s"] > 0 and r["time"]["min_s"] > 0
+               for r in rows.values())
+    assert "## Batched products" in stdout
+
+
+def test_bench_train_products_rejects_bad_sizes():
+    proc = subprocess.run([sys.executable, "benchmarks/bench_train.py", "--sections=products",
+                           "--product_rows=0"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2 and "--product_rows" in proc.stderr
