@@ -748,6 +748,24 @@ def print_tables(results: dict) -> None:
                   f"{r['fraction_of_step']:8.1%} {r['flops'] / 1e9:7.3f}")
 
 
+def parse_seed_counts(parser: argparse.ArgumentParser, flag: str, text: str) -> list[int]:
+    """Comma-separated seed counts >= 1 given to ``flag``, or the parser's usage error."""
+    try:
+        counts = [int(s) for s in text.split(",") if s]
+    except ValueError:
+        parser.error(f"{flag} must be comma-separated integers, got {text!r}")
+    if not counts or min(counts) < 1:
+        parser.error(f"{flag}: every count must be >= 1, got {text!r}")
+    return counts
+
+
+def require_model_data(parser: argparse.ArgumentParser, model: str, data_dir: str) -> None:
+    """The parser's usage error when ``model`` needs image files that ``data_dir`` lacks."""
+    if model == "variant_mnist_3m" and not images_available(data_dir):
+        parser.error(f"--model=variant_mnist_3m needs mnist/ and fashion-mnist/ under "
+                     f"--data_dir={data_dir}")
+
+
 def _ints(text: str) -> list[int]:
     return [int(v) for v in text.split(",") if v]
 

@@ -258,17 +258,10 @@ def parse_args(argv=None):
                    help="host_memory.tune_malloc() as training does ('on') or glibc defaults")
     p.add_argument("--out", default="", help="write the rows as JSON here")
     args = p.parse_args(argv)
-    try:
-        args.seeds_list = [int(s) for s in args.seeds.split(",") if s]
-    except ValueError:
-        p.error(f"--seeds must be comma-separated integers, got {args.seeds!r}")
-    if not args.seeds_list or min(args.seeds_list) < 1:
-        p.error(f"--seeds: every count must be >= 1, got {args.seeds!r}")
+    args.seeds_list = bt.parse_seed_counts(p, "--seeds", args.seeds)
     if args.batch < 1 or args.steps < 1 or args.rounds < 1:
         p.error("--batch, --steps and --rounds must be >= 1")
-    if args.model == "variant_mnist_3m" and not bt.images_available(args.data_dir):
-        p.error(f"--model=variant_mnist_3m needs mnist/ and fashion-mnist/ under "
-                f"--data_dir={args.data_dir}")
+    bt.require_model_data(p, args.model, args.data_dir)
     return args
 
 
