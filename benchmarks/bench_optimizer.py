@@ -148,9 +148,7 @@ def parse_args(argv=None):
     p.add_argument("--seeds", default="1,8", help="comma-separated seed counts (stacked)")
     p.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds")
     p.add_argument("--budget", type=float, default=0.3, help="seconds per timing round")
-    p.add_argument("--data_dir", default=bt.default_data_dir())
-    p.add_argument("--malloc_tuning", default="on", choices=("on", "off"),
-                   help="host_memory.tune_malloc() as training does ('on') or glibc defaults")
+    bt.add_host_arguments(p)
     p.add_argument("--out", default="", help="write the rows as JSON here")
     args = p.parse_args(argv)
     args.seeds_list = bt.parse_seed_counts(p, "--seeds", args.seeds)

@@ -748,6 +748,17 @@ def print_tables(results: dict) -> None:
                   f"{r['fraction_of_step']:8.1%} {r['flops'] / 1e9:7.3f}")
 
 
+def add_host_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--data_dir`` and ``--malloc_tuning`` (bench_train, profile_step, bench_optimizer)."""
+    parser.add_argument("--data_dir", default=default_data_dir(),
+                        help="folder with mnist/ and fashion-mnist/ (default $CRL_JAX_DATA_DIR "
+                             "or ../shared/data)")
+    parser.add_argument("--malloc_tuning", default="on", choices=("on", "off"),
+                        help="'on' (as training does): host_memory.tune_malloc(), so a step's "
+                             "temporaries are reused instead of page-faulted every step; "
+                             "'off': glibc's defaults")
+
+
 def parse_seed_counts(parser: argparse.ArgumentParser, flag: str, text: str) -> list[int]:
     """Comma-separated seed counts >= 1 given to ``flag``, or the parser's usage error."""
     try:
@@ -778,9 +789,7 @@ def parse_args(argv=None):
     p.add_argument("--batch_sizes", default="256,1024,4096,16384")
     p.add_argument("--image_max_batch", type=int, default=16384,
                    help="largest batch for variant_mnist_3m (images are ~100x costlier)")
-    p.add_argument("--data_dir", default=default_data_dir(),
-                   help="folder with mnist/ and fashion-mnist/ (default $CRL_JAX_DATA_DIR "
-                        "or ../shared/data)")
+    add_host_arguments(p)
     p.add_argument("--rounds", type=int, default=3, help="timing rounds per measurement")
     p.add_argument("--steps", type=int, default=2, help="least steps per round")
     p.add_argument("--budget", type=float, default=0.5, help="target seconds per round")
@@ -804,10 +813,6 @@ def parse_args(argv=None):
                    help="time the one-pass step ('off'), the train.microbatch_size=-1 step "
                         "('auto': gradient accumulation over chunks of <= 32 MB of "
                         "temporaries) or both (throughput, seeds and growth sections)")
-    p.add_argument("--malloc_tuning", default="on", choices=("on", "off"),
-                   help="'on' (as training does): host_memory.tune_malloc(), so a step's "
-                        "temporaries are reused instead of page-faulted every step; 'off': "
-                        "glibc's defaults")
     p.add_argument("--out", default=None, help="write all results as JSON to this file")
     p.add_argument("--_devices_worker", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)

@@ -253,9 +253,7 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=40, help="steps traced (and timed per round)")
     p.add_argument("--rounds", type=int, default=5, help="rounds of the unprofiled timing")
     p.add_argument("--budget", type=float, default=0.5, help="seconds per timing round")
-    p.add_argument("--data_dir", default=bt.default_data_dir())
-    p.add_argument("--malloc_tuning", default="on", choices=("on", "off"),
-                   help="host_memory.tune_malloc() as training does ('on') or glibc defaults")
+    bt.add_host_arguments(p)
     p.add_argument("--out", default="", help="write the rows as JSON here")
     args = p.parse_args(argv)
     args.seeds_list = bt.parse_seed_counts(p, "--seeds", args.seeds)
