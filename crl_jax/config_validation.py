@@ -67,6 +67,14 @@ def validate(config, n_devices: int) -> None:
              f"checkpoint is saved right after a finite-loss check")
     _require(t.schedule in ("cosine", "constant"), "train.schedule",
              f"{t.schedule!r} is not 'cosine' or 'constant'")
+    _require(int(t.warmup_steps) >= 0, "train.warmup_steps", f"must be >= 0, got {t.warmup_steps}")
+    # steps.make_optimizer: the cosine schedule decays over the steps after the warm-up
+    _require(t.schedule != "cosine" or max(int(t.steps), 2) > max(int(t.warmup_steps), 1),
+             "train.warmup_steps",
+             f"the cosine schedule needs steps after the warm-up, but train.steps={t.steps} "
+             f"<= train.warmup_steps={t.warmup_steps}; lower train.warmup_steps (e.g. "
+             f"--config.train.warmup_steps={max(int(t.steps) // 10, 1)}), raise train.steps, or "
+             f"set train.schedule='constant'")
     _require(e.r2_kind in ("kernel", "linear"), "eval.r2_kind",
              f"{e.r2_kind!r} is not 'kernel' or 'linear'")
     _require(int(e.shd_reversal_cost) in (1, 2), "eval.shd_reversal_cost", "must be 1 or 2")

@@ -94,6 +94,8 @@ def test_nan_stops_training_and_keeps_last_good_checkpoint(tmp_path):
     ("train.batch_size", 60, "config.train.batch_size.*divisible by the 8 devices"),
     ("train.checkpoint_every", 15, "config.train.checkpoint_every"),
     ("loss.beta", -1.0, "config.loss.beta"),
+    ("train.warmup_steps", 30, "config.train.warmup_steps.*train.steps=30"),  # smoke: 30 steps
+    ("train.warmup_steps", -1, "config.train.warmup_steps: must be >= 0"),
 ])
 def test_bad_config_fails_in_validation_naming_the_field(field, value, match):
     config = _smoke()
