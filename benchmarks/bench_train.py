@@ -23,6 +23,10 @@ Sections (``--sections``, comma-separated):
   first N real devices).
 - ``growth``: time per step as measurements K, modalities M and latent dimension D grow;
   fitted exponent (slope of log time against log size).
+- ``chunks``: for the growth section's K and M layouts, the step in 1, 2, 4, 8 chunks
+  (``--chunk_counts``, gradient accumulation) and the count ``train.microbatch_size=-1``
+  picks (``steps.choose_microbatches``), in paired rounds: the auto choice against the
+  fastest count, i.e. whether the auto rule is right on this machine.
 - ``parts``: what the step spends its time on: encoder, causal prior, decoder (each forward
   and backward), the whole loss forward, forward + backward, and the optimiser update.
 - ``bandwidth``: GB/s of a jitted elementwise ``a * x + b`` over float32 buffers of growing
@@ -37,8 +41,8 @@ Sections (``--sections``, comma-separated):
 
 ``--microbatch`` (default ``both``): the throughput, seeds and growth sections time the
 one-pass step and the step a run with ``train.microbatch_size=-1`` uses (gradient
-accumulation over the fewest chunks whose XLA temporaries fit ``steps.AUTO_MICROBATCH_TEMP_MB``;
-the same step when that is one chunk). The chunked step is rated with the FLOPs of the
+accumulation, ``steps.choose_microbatches``: one pass while the XLA temporaries fit
+``steps.AUTO_MICROBATCH_TEMP_MB``, else chunks; the same step when that is one chunk). The chunked step is rated with the FLOPs of the
 one-pass step (the same arithmetic; XLA's cost analysis counts one iteration of a scan).
 
 Timing: each measurement is ``--rounds`` rounds of ``--steps`` steps, blocked at the end of
@@ -72,7 +76,8 @@ from configs import synthetic as synthetic_config  # noqa: E402
 from crl_jax import experiment, host_memory, input_pipeline, methods, parallel, steps, train  # noqa: E402
 from crl_jax.models import vae  # noqa: E402
 
-SECTIONS = ("throughput", "seeds", "devices", "growth", "parts", "bandwidth", "products")
+SECTIONS = ("throughput", "seeds", "devices", "growth", "chunks", "parts", "bandwidth",
+            "products")
 MODELS = ("numerical_case2", "variant_mnist_3m")
 
 
@@ -497,7 +502,9 @@ def growth_layout(k: int = 3, m: int = 2, d_per: int = 3, obs: int = 10, eta: in
     return vae.ModelLayout(names, ((obs,),) * m, (k,) * m, (d_per,) * m, (eta,) * m, 0)
 
 
-def growth_runners(layout, args) -> dict:
+def growth_setup(layout, args):
+    """(method, config, mesh, batch) of numerical_case2's model on ``layout`` at
+    ``--growth_batch``, one seed, one device, a random batch."""
     config = model_config("numerical_case2", args.data_dir, args.growth_batch)
     mesh = parallel.make_mesh(jax.devices()[:1])
     method = methods.build_method("personax", layout, config)
@@ -506,6 +513,11 @@ def growth_runners(layout, args) -> dict:
         jax.device_put(jax.random.normal(key, (1, args.growth_batch, k) + shape),
                        parallel.batch_sharding(mesh))
         for key, k, shape in zip(keys, layout.n_measurements, layout.obs_shapes))
+    return method, config, mesh, batch
+
+
+def growth_runners(layout, args) -> dict:
+    method, config, mesh, batch = growth_setup(layout, args)
     return step_runners(method, config, mesh, layout, batch, args.microbatch)
 
 
@@ -548,6 +560,44 @@ def section_growth(args) -> dict:
         first = series.get("one pass") or next(iter(series.values()))
         out[name] = {**first, "series": series}
     return out
+
+
+def section_chunks(args) -> list[dict]:
+    """Is ``train.microbatch_size=-1`` right here? For the growth layouts (K over
+    ``--k_list``, M over ``--m_list``, ``--growth_batch``), the step in each of
+    ``--chunk_counts`` chunks (and the count ``steps.choose_microbatches`` picks), in paired
+    rounds per layout; the auto step's time against the fastest."""
+    rows = []
+    for name in ("measurements_K", "modalities_M"):
+        symbol, make = GROWTH[name]
+        for v in (args.k_list if symbol == "K" else args.m_list):
+            layout = make(v)
+            method, config, mesh, batch = growth_setup(layout, args)
+            one = StepRunner(method, config, mesh, layout, batch)
+            auto = steps.choose_microbatches(
+                one.temp_mb * 2**20, args.growth_batch, 1,
+                param_bytes=sum(x.nbytes for x in jax.tree.leaves(one.state.params)))
+            counts = sorted({n for n in args.chunk_counts if args.growth_batch % n == 0}
+                            | {1, auto})
+            runners = {n: one if n == 1 else StepRunner(method, config, mesh, layout, batch,
+                                                        n, flops=one.flops)
+                       for n in counts}
+            reps = {n: _reps(r.run(1), args.budget, args.steps, 50) for n, r in runners.items()}
+            times = paired_rounds(runners, reps, args.rounds)
+            best = min(counts, key=lambda n: float(np.min(times[n])))
+            for n in counts:
+                rows.append({"series": name, "symbol": symbol, "value": v,
+                             "batch": args.growth_batch, "chunks": n,
+                             "rows_per_chunk": args.growth_batch // n,
+                             "one_pass_temp_mb": one.temp_mb, "xla_temp_mb": runners[n].temp_mb,
+                             "step": summary(times[n]), "auto_chunks": auto,
+                             "fastest_chunks": best,
+                             "vs_fastest": float(np.min(times[n]) / np.min(times[best]))})
+            print(f"  {symbol}={v} ({one.temp_mb:.0f} MB in one pass): " + " ".join(
+                f"{n}:{np.min(times[n]) * 1e3:.1f}ms" for n in counts)
+                + f"; auto {auto} is {np.min(times[auto]) / np.min(times[best]):.2f}x the "
+                  f"fastest ({best})", flush=True)
+    return rows
 
 
 def section_bandwidth(args) -> list[dict]:
@@ -727,6 +777,18 @@ def print_tables(results: dict) -> None:
                 print("  XLA temp MB / chunks: " + " ".join(
                     f"{g['symbol']}={v}:{m:.0f}/{c}" for v, m, c in
                     zip(g["values"], g["xla_temp_mb"], g.get("microbatches", [1] * len(g["values"])))))
+    if results.get("chunks"):
+        print("\n## Chunks per step (gradient accumulation), 1 seed; * = the auto choice, "
+              "'auto/fastest' = its time over the fastest count's")
+        layouts = dict.fromkeys((r["symbol"], r["value"]) for r in results["chunks"])
+        for symbol, value in layouts:
+            rs = [r for r in results["chunks"] if (r["symbol"], r["value"]) == (symbol, value)]
+            auto = next(r for r in rs if r["chunks"] == r["auto_chunks"])
+            print(f"  {symbol}={value:<3d} batch {rs[0]['batch']}, one pass "
+                  f"{rs[0]['one_pass_temp_mb']:5.0f} MB: " + "  ".join(
+                      f"{r['chunks']}{'*' if r is auto else ''}: {r['step']['min_s'] * 1e3:.1f} ms "
+                      f"({r['xla_temp_mb']:.0f} MB)" for r in rs)
+                  + f"   auto/fastest {auto['vs_fastest']:.2f}")
     if results.get("bandwidth"):
         print("\n## Elementwise bandwidth (a * x + b, float32; read + write)")
         print("  " + " ".join(f"{r['buffer_mb']:g}MB:{r['gb_per_s']:.1f}GB/s"
@@ -809,10 +871,12 @@ def parse_args(argv=None):
                    help="rows of each matrix in the products section")
     p.add_argument("--product_batches", default="1,3,6,24",
                    help="matrices per batched product in the products section")
+    p.add_argument("--chunk_counts", default="1,2,4,8",
+                   help="chunks per step timed by the chunks section (with the auto choice)")
     p.add_argument("--microbatch", default="both", choices=("off", "auto", "both"),
                    help="time the one-pass step ('off'), the train.microbatch_size=-1 step "
-                        "('auto': gradient accumulation over chunks of <= 32 MB of "
-                        "temporaries) or both (throughput, seeds and growth sections)")
+                        "('auto': steps.choose_microbatches' chunks) or both (throughput, "
+                        "seeds and growth sections)")
     p.add_argument("--out", default=None, help="write all results as JSON to this file")
     p.add_argument("--_devices_worker", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -824,10 +888,12 @@ def parse_args(argv=None):
                 f"models {list(MODELS)}")
     args.bandwidth_mb = [float(v) for v in args.bandwidth_mb.split(",") if v]
     for name in ("batch_sizes", "seeds_list", "seed_batches", "devices_list", "k_list",
-                 "m_list", "d_list", "product_rows", "product_batches"):
+                 "m_list", "d_list", "product_rows", "product_batches", "chunk_counts"):
         setattr(args, name, _ints(getattr(args, name)))
     if args.rounds < 1 or args.steps < 1:
         p.error("--rounds and --steps must be >= 1")
+    if "chunks" in args.sections and (not args.chunk_counts or min(args.chunk_counts) < 1):
+        p.error("--chunk_counts must be comma-separated integers >= 1")
     if "products" in args.sections and (not args.product_rows or not args.product_batches
                                         or min(args.product_rows + args.product_batches) < 1):
         p.error("--product_rows and --product_batches must be comma-separated integers >= 1")

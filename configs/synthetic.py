@@ -12,8 +12,10 @@ Expected result of the default command (measured, see the README's "Results"): h
 MCC 0.931 ± 0.008 (Pearson) over 3 seeds, kernel R² of the true block from the estimated
 block 0.975 (m1) and 0.918 (m2); 103-119 s of training on 2 CPU cores (102.9 and 105.4 s in
 two quiet runs, 118.7 s with other work on the machine; longer when other jobs share the
-cores, and with ``CRL_JAX_MALLOC_TUNING=0``: see crl_jax/host_memory.py). ``--config.train.microbatch_size=-1`` is slower here (122.3 s;
-docs/PERFORMANCE.md, *Host memory*).
+cores, and with ``CRL_JAX_MALLOC_TUNING=0``: see crl_jax/host_memory.py).
+``--config.train.microbatch_size=-1`` keeps one pass here (the step needs 41 MB of
+temporaries); under the earlier 32 MB auto rule it took 2 chunks and 122.3 s
+(docs/PERFORMANCE.md, *The auto rule since tune_malloc*).
 """
 from __future__ import annotations
 

@@ -50,14 +50,26 @@ def create_train_states(method, example_xs, tx, seed: int, num_seeds: int) -> Tr
     return jax.jit(jax.vmap(init_one))(jnp.arange(num_seeds))
 
 
-# Auto microbatching (``train.microbatch_size = -1``, CPU only) splits a step whose XLA
-# temporaries exceed this into chunks that do not. Measured on the project's 2-core CPU
-# (docs/PERFORMANCE.md): steps with <= ~30 MB of temporaries ran at ~1.6x the FLOP/s of
-# steps with >= ~40 MB. The cause is glibc's 32 MiB mmap ceiling (temporaries above it were
-# mapped and page-faulted afresh every step), which ``host_memory.tune_malloc`` now lifts up
-# to a thread arena's 64 MiB; chunks still keep larger steps under it. Chunks much smaller
-# than the budget pay per-chunk overhead.
-AUTO_MICROBATCH_TEMP_MB = 32.0
+# Auto microbatching (``train.microbatch_size = -1``, CPU only), measured on the project's
+# 2-core CPU with ``host_memory.tune_malloc`` (docs/PERFORMANCE.md, *The auto rule since
+# tune_malloc*):
+# - one pass while the step's XLA temporaries fit AUTO_MICROBATCH_TEMP_MB: one pass was the
+#   fastest up to 56 MB and chunks won from 74 MB (a thread arena's heap is 64 MiB; one
+#   temporary buffer larger than that is mapped and page-faulted afresh every step), and
+#   splitting below that only costs (chunks of <= 512 rows run their products on one core:
+#   the default run, 41 MB, 105 s in one pass against 122 s in 2 chunks);
+# - above it, the fewest chunks whose share fits AUTO_MICROBATCH_CHUNK_SHARE of it (a
+#   chunked step's own temporaries come out above its share, and chunks near the limit
+#   measured slower than smaller ones);
+# - but no chunk's share below AUTO_MICROBATCH_MIN_SHARE_OVER_PARAMS times the parameters'
+#   bytes: every chunk re-reads the weights and adds its gradient into the accumulator,
+#   passes over the parameters that for the 26 MB conv image model cost more than smaller
+#   chunks save (batch 64: 1 / 2 / 4 / 8 chunks 200 / 197 / 207 / 253 ms; 256: 1 / 4 / 8 /
+#   32 chunks 808 / 627 / 615 / 904 ms; 1024: 16 / 32 / 64 / 128 chunks 2.42 / 2.54 / 2.86
+#   / 3.51 s).
+AUTO_MICROBATCH_TEMP_MB = 60.0
+AUTO_MICROBATCH_CHUNK_SHARE = 0.75
+AUTO_MICROBATCH_MIN_SHARE_OVER_PARAMS = 3.0
 
 
 def num_microbatches(train_cfg) -> int:
@@ -70,16 +82,28 @@ def num_microbatches(train_cfg) -> int:
 
 
 def choose_microbatches(temp_bytes: float, batch_size: int, n_devices: int,
-                        budget_mb: float | None = None) -> int:
-    """Fewest chunks whose share of ``temp_bytes`` fits ``budget_mb`` (default
-    :data:`AUTO_MICROBATCH_TEMP_MB`), among the counts that split ``batch_size`` into equal
-    chunks divisible by ``n_devices`` (the most such chunks when none fits)."""
+                        budget_mb: float | None = None, param_bytes: float = 0.0) -> int:
+    """Chunks per step for ``train.microbatch_size = -1`` (the rule above the constants).
+
+    One pass when ``temp_bytes`` (the one-pass step's XLA temporaries) fits ``budget_mb``
+    (default :data:`AUTO_MICROBATCH_TEMP_MB`); otherwise the fewest chunks whose share of
+    ``temp_bytes`` fits :data:`AUTO_MICROBATCH_CHUNK_SHARE` of it, but no more chunks than
+    keep each share at least :data:`AUTO_MICROBATCH_MIN_SHARE_OVER_PARAMS` x ``param_bytes``
+    (the parameters of all seeds). Only counts that split ``batch_size`` into equal chunks
+    divisible by ``n_devices`` qualify."""
     budget_mb = AUTO_MICROBATCH_TEMP_MB if budget_mb is None else budget_mb
-    need = max(1, int(math.ceil(temp_bytes / (budget_mb * 2**20))))
     valid = [n for n in range(1, batch_size + 1)
              if batch_size % n == 0 and (batch_size // n) % n_devices == 0]
-    fitting = [n for n in valid if n >= need]
-    return min(fitting) if fitting else max(valid)
+    if not valid:
+        raise ValueError(f"batch_size={batch_size} does not split over {n_devices} devices")
+    if temp_bytes <= budget_mb * 2**20:
+        return valid[0]
+    need = max(2, int(math.ceil(temp_bytes / (AUTO_MICROBATCH_CHUNK_SHARE * budget_mb * 2**20))))
+    floor_bytes = AUTO_MICROBATCH_MIN_SHARE_OVER_PARAMS * param_bytes
+    most = int(temp_bytes // floor_bytes) if floor_bytes > 0 else batch_size
+    allowed = [n for n in valid if n <= max(most, 1)] or valid[:1]
+    fitting = [n for n in allowed if n >= need]
+    return min(fitting) if fitting else max(allowed)
 
 
 def split_microbatches(xs, n: int):

@@ -119,8 +119,10 @@ def resolve_microbatches(config, method, mesh, state, batch,
     """Chunks per step for ``train.microbatch_size`` (0 -> 1; N -> batch_size / N).
 
     ``-1`` (auto): on CPU, compile the one-pass step, read the size of its XLA temporaries
-    and split the batch into the fewest chunks that keep each under
-    ``steps.AUTO_MICROBATCH_TEMP_MB`` (measured on the project's CPU, see host_memory); on
+    and keep one pass while they fit ``steps.AUTO_MICROBATCH_TEMP_MB``, else split the batch
+    into chunks small enough for the cache but not so many that the per-chunk passes over
+    the parameters dominate (``steps.choose_microbatches``; measured on the project's CPU,
+    see host_memory); on
     GPU/TPU one pass (there chunking only serialises work the device does in parallel).
     ``one_pass_temp_bytes``: that size when the caller has compiled the step already (the
     benchmark), to skip the compile.
@@ -135,7 +137,9 @@ def resolve_microbatches(config, method, mesh, state, batch,
     if temp is None:
         memory = jit_train_step(method, mesh).lower(state, batch).compile().memory_analysis()
         temp = float(getattr(memory, "temp_size_in_bytes", 0) or 0)
-    n = steps.choose_microbatches(temp, int(config.train.batch_size), mesh.devices.size)
+    param_bytes = sum(x.nbytes for x in jax.tree.leaves(state.params))
+    n = steps.choose_microbatches(temp, int(config.train.batch_size), mesh.devices.size,
+                                  param_bytes=param_bytes)
     if jax.process_index() == 0:
         print(f"train.microbatch_size=-1 (auto): the one-pass step needs {temp / 2**20:.0f} MB "
               f"of temporaries; {n} chunk(s) of {int(config.train.batch_size) // n} per step",

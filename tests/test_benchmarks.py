@@ -19,6 +19,7 @@ SCRIPT = textwrap.dedent("""
     sys.path.insert(0, "benchmarks")
     from crl_jax import steps
     steps.AUTO_MICROBATCH_TEMP_MB = 0.25   # force chunks at batch 64
+    steps.AUTO_MICROBATCH_MIN_SHARE_OVER_PARAMS = 0.0
     import bench_train
     bench_train.main(sys.argv[1:])
 """)
@@ -163,3 +164,31 @@ def test_bench_train_products_rejects_bad_sizes():
                            "--product_rows=0"], cwd=ROOT, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 2 and "--product_rows" in proc.stderr
+
+
+def test_bench_train_chunks_section_times_the_auto_choice_against_the_others(tmp_path):
+    """The chunks section: per layout, the step in each count (the auto count included,
+    here forced above 1 by the tiny budget of SCRIPT) against the fastest of them."""
+    result, stdout = _run(tmp_path, "--sections=chunks", "--k_list=1", "--m_list=2",
+                          "--growth_batch=64", "--chunk_counts=1,2")
+    by_layout = {}
+    for r in result["chunks"]:
+        by_layout.setdefault((r["symbol"], r["value"]), []).append(r)
+    assert set(by_layout) == {("K", 1), ("M", 2)}
+    for rows in by_layout.values():
+        auto = rows[0]["auto_chunks"]
+        assert auto > 1 and 64 % auto == 0
+        assert sorted(r["chunks"] for r in rows) == sorted({1, 2, auto})
+        assert [r["vs_fastest"] for r in rows if r["chunks"] == rows[0]["fastest_chunks"]] == [1.0]
+        assert all(r["vs_fastest"] >= 1.0 and r["rows_per_chunk"] * r["chunks"] == 64
+                   for r in rows)
+        one = next(r for r in rows if r["chunks"] == 1)
+        assert all(r["one_pass_temp_mb"] == one["xla_temp_mb"] > 0 for r in rows)
+    assert "## Chunks per step" in stdout and "auto/fastest" in stdout
+
+
+def test_bench_train_chunks_rejects_bad_counts():
+    proc = subprocess.run([sys.executable, "benchmarks/bench_train.py", "--sections=chunks",
+                           "--chunk_counts=0"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2 and "--chunk_counts" in proc.stderr

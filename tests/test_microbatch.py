@@ -134,16 +134,44 @@ def test_invalid_microbatch_size_is_one_clear_error(value, devices, match):
         config_validation.validate(config, n_devices=devices)
 
 
-def test_choose_microbatches_fewest_chunks_under_budget():
+def test_choose_microbatches_one_pass_under_budget_then_chunks_under_their_share():
     mb = 2**20
-    assert steps.choose_microbatches(10 * mb, 512, 1, budget_mb=32) == 1
-    assert steps.choose_microbatches(110 * mb, 4096, 1, budget_mb=32) == 4
-    assert steps.choose_microbatches(41 * mb, 512, 1, budget_mb=32) == 2
+    assert steps.AUTO_MICROBATCH_TEMP_MB == 60.0 and steps.AUTO_MICROBATCH_CHUNK_SHARE == 0.75
+    # the cases measured in docs/PERFORMANCE.md (*Microbatching*), default budget:
+    assert steps.choose_microbatches(41 * mb, 512, 1) == 1     # default run, 3 seeds x 512
+    assert steps.choose_microbatches(56 * mb, 1024, 1) == 1    # M = 4 at batch 1024
+    assert steps.choose_microbatches(60 * mb, 1024, 1) == 1    # at the budget: one pass
+    assert steps.choose_microbatches(74 * mb, 1024, 1) == 2    # K = 8: shares of 37 MB
+    assert steps.choose_microbatches(83 * mb, 1024, 1) == 2    # M = 6: 41.5 MB <= 45
+    assert steps.choose_microbatches(110 * mb, 1024, 1) == 4   # M = 8: 55 MB > 45
+    assert steps.choose_microbatches(110 * mb, 4096, 1) == 4   # numerical_case2 at 4096
+    # an explicit budget: one pass up to it, then chunks of at most 0.75 of it
+    assert steps.choose_microbatches(32 * mb, 512, 1, budget_mb=32) == 1
+    assert steps.choose_microbatches(33 * mb, 512, 1, budget_mb=32) == 2
+    assert steps.choose_microbatches(49 * mb, 512, 1, budget_mb=32) == 4   # 24.5 > 24
     # 8 devices: only 1, 2, 3, 6 chunks keep every chunk a multiple of 8 rows
     assert steps.choose_microbatches(70 * mb, 48, 8, budget_mb=32) == 3
     assert steps.choose_microbatches(70 * mb, 64, 8, budget_mb=32) == 4
     # nothing fits: as many chunks as the devices allow
     assert steps.choose_microbatches(10_000 * mb, 64, 8, budget_mb=32) == 8
+
+
+def test_choose_microbatches_keeps_chunks_large_against_the_parameters():
+    """No chunk's share of the temporaries below 3x the parameters' bytes: the conv image
+    model (26 MB of parameters) measured fastest in few large chunks (docs/PERFORMANCE.md)."""
+    mb = 2**20
+    assert steps.AUTO_MICROBATCH_MIN_SHARE_OVER_PARAMS == 3.0
+    image = 25.6 * mb
+    assert steps.choose_microbatches(206 * mb, 64, 1, param_bytes=image) == 2      # not 8
+    assert steps.choose_microbatches(743 * mb, 256, 1, param_bytes=image) == 8     # not 32
+    assert steps.choose_microbatches(2889 * mb, 1024, 1, param_bytes=image) == 32  # not 128
+    # small models are not limited by it: numerical_case2 at 4096, 8 seeds x 512
+    assert steps.choose_microbatches(110 * mb, 4096, 1, param_bytes=0.86 * mb) == 4
+    assert steps.choose_microbatches(110 * mb, 512, 1, param_bytes=8 * 0.86 * mb) == 4
+    # parameters as large as the temporaries: one chunk is all the cap allows
+    assert steps.choose_microbatches(100 * mb, 64, 1, param_bytes=50 * mb) == 1
+    # the cap counts only counts the devices allow (8 devices: 1, 2, 4, 8 for 64 rows)
+    assert steps.choose_microbatches(700 * mb, 64, 8, param_bytes=40 * mb) == 4
 
 
 def test_resolve_microbatches_explicit_and_auto(capsys):
@@ -157,12 +185,16 @@ def test_resolve_microbatches_explicit_and_auto(capsys):
     config.train.microbatch_size = -1
     n_default = train.resolve_microbatches(config, method, mesh, state, source(0))
     assert n_default == 1  # the smoke model's temporaries are far below the budget
-    old = steps.AUTO_MICROBATCH_TEMP_MB  # read at call time by choose_microbatches
-    try:
-        steps.AUTO_MICROBATCH_TEMP_MB = 1e-3
+    old = steps.AUTO_MICROBATCH_TEMP_MB, steps.AUTO_MICROBATCH_MIN_SHARE_OVER_PARAMS
+    try:  # read at call time by choose_microbatches
+        steps.AUTO_MICROBATCH_TEMP_MB, steps.AUTO_MICROBATCH_MIN_SHARE_OVER_PARAMS = 1e-3, 0.0
         n = train.resolve_microbatches(config, method, mesh, state, source(0))
+        # the parameter floor alone (here far above a chunk's share) keeps one pass
+        steps.AUTO_MICROBATCH_MIN_SHARE_OVER_PARAMS = 1e6
+        n_floor = train.resolve_microbatches(config, method, mesh, state, source(0))
     finally:
-        steps.AUTO_MICROBATCH_TEMP_MB = old
+        steps.AUTO_MICROBATCH_TEMP_MB, steps.AUTO_MICROBATCH_MIN_SHARE_OVER_PARAMS = old
+    assert n_floor == 1
     assert n > 1 and 48 % n == 0
     assert "(auto)" in capsys.readouterr().out
 
