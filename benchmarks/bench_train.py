@@ -42,8 +42,9 @@ Sections (``--sections``, comma-separated):
 ``--microbatch`` (default ``both``): the throughput, seeds and growth sections time the
 one-pass step and the step a run with ``train.microbatch_size=-1`` uses (gradient
 accumulation, ``steps.choose_microbatches``: one pass while the XLA temporaries fit
-``steps.AUTO_MICROBATCH_TEMP_MB``, else chunks; the same step when that is one chunk). The chunked step is rated with the FLOPs of the
-one-pass step (the same arithmetic; XLA's cost analysis counts one iteration of a scan).
+``steps.AUTO_MICROBATCH_TEMP_MB``, else chunks; the same step when that is one chunk). The
+chunked step is rated with the FLOPs of the one-pass step (the same arithmetic; XLA's cost
+analysis counts one iteration of a scan).
 
 Timing: each measurement is ``--rounds`` rounds of ``--steps`` steps, blocked at the end of
 the round (every step on a multi-device CPU mesh, as the training loop does); reported is the
@@ -565,7 +566,7 @@ def section_growth(args) -> dict:
 def section_chunks(args) -> list[dict]:
     """Is ``train.microbatch_size=-1`` right here? For the growth layouts (K over
     ``--k_list``, M over ``--m_list``, ``--growth_batch``), the step in each of
-    ``--chunk_counts`` chunks (and the count ``steps.choose_microbatches`` picks), in paired
+    ``--chunk_counts`` chunks (and the count ``train.resolve_microbatches`` picks), in paired
     rounds per layout; the auto step's time against the fastest."""
     rows = []
     for name in ("measurements_K", "modalities_M"):
@@ -574,9 +575,9 @@ def section_chunks(args) -> list[dict]:
             layout = make(v)
             method, config, mesh, batch = growth_setup(layout, args)
             one = StepRunner(method, config, mesh, layout, batch)
-            auto = steps.choose_microbatches(
-                one.temp_mb * 2**20, args.growth_batch, 1,
-                param_bytes=sum(x.nbytes for x in jax.tree.leaves(one.state.params)))
+            config.train.microbatch_size = -1   # the count training would use
+            auto = train.resolve_microbatches(config, method, mesh, one.state, batch,
+                                              one_pass_temp_bytes=one.temp_mb * 2**20)
             counts = sorted({n for n in args.chunk_counts if args.growth_batch % n == 0}
                             | {1, auto})
             runners = {n: one if n == 1 else StepRunner(method, config, mesh, layout, batch,
