@@ -64,9 +64,9 @@ def create_train_states(method, example_xs, tx, seed: int, num_seeds: int) -> Tr
 # - but no chunk's share below AUTO_MICROBATCH_MIN_SHARE_OVER_PARAMS times the parameters'
 #   bytes: every chunk re-reads the weights and adds its gradient into the accumulator,
 #   passes over the parameters that for the 26 MB conv image model cost more than smaller
-#   chunks save (batch 64: 1 / 2 / 4 / 8 chunks 200 / 197 / 207 / 253 ms; 256: 1 / 4 / 8 /
-#   32 chunks 808 / 627 / 615 / 904 ms; 1024: 16 / 32 / 64 / 128 chunks 2.42 / 2.54 / 2.86
-#   / 3.51 s).
+#   chunks save (batch 64: 1 / 2 / 4 / 8 chunks 178 / 157 / 152 / 160 ms; 256: 1 / 4 / 8 /
+#   16 / 32 chunks 770 / 579 / 529 / 553 / 621 ms; 1024: 8 / 16 / 32 / 64 chunks 2.15 /
+#   2.02 / 1.98 / 2.12 s; the rule picks 2, 8 and 32).
 AUTO_MICROBATCH_TEMP_MB = 60.0
 AUTO_MICROBATCH_CHUNK_SHARE = 0.75
 AUTO_MICROBATCH_MIN_SHARE_OVER_PARAMS = 3.0
