@@ -67,7 +67,8 @@ def validate(config, n_devices: int) -> None:
              f"checkpoint is saved right after a finite-loss check")
     _require(t.schedule in ("cosine", "constant"), "train.schedule",
              f"{t.schedule!r} is not 'cosine' or 'constant'")
-    _require(int(t.warmup_steps) >= 0, "train.warmup_steps", f"must be >= 0, got {t.warmup_steps}")
+    _require(int(t.warmup_steps) >= 0, "train.warmup_steps",
+             f"must be >= 0, got {t.warmup_steps}")
     # steps.make_optimizer: the cosine schedule decays over the steps after the warm-up
     _require(t.schedule != "cosine" or max(int(t.steps), 2) > max(int(t.warmup_steps), 1),
              "train.warmup_steps",

@@ -122,8 +122,8 @@ def resolve_microbatches(config, method, mesh, state, batch,
     and keep one pass while they fit ``steps.AUTO_MICROBATCH_TEMP_MB``, else split the batch
     into chunks small enough for the cache but not so many that the per-chunk passes over
     the parameters dominate (``steps.choose_microbatches``; measured on the project's CPU,
-    see host_memory); on
-    GPU/TPU one pass (there chunking only serialises work the device does in parallel).
+    see host_memory); on GPU/TPU one pass (there chunking only serialises work the device
+    does in parallel).
     ``one_pass_temp_bytes``: that size when the caller has compiled the step already (the
     benchmark), to skip the compile.
     """
