@@ -7,7 +7,9 @@ Sections (``--sections``, comma-separated):
 
 - ``throughput``: steps/s and samples/s of the real jitted train step (``train.jit_train_step``,
   one seed, one device) for each model and batch size; compile time of the first step; FLOPs
-  of one step from XLA's cost analysis of the compiled step; achieved FLOP/s; beside it, in
+  of one step from XLA's cost analysis of the compiled step, or where larger from its matrix
+  products and convolutions counted in its jaxpr (``product_flops``: XLA's GPU count leaves
+  out cuDNN convolutions); achieved FLOP/s; beside it, in
   the same rounds, the FLOP/s of a jitted float32 matmul of comparable shape
   ``(seeds * batch * sum_m K_m, width) @ (width, width)`` (``width`` = widest hidden layer) and
   of a 2048^3 matmul; the ratio achieved / comparable matmul; time to sample one batch
@@ -17,7 +19,8 @@ Sections (``--sections``, comma-separated):
   optimiser update alone for those seeds (its cost grows with the seeds, not the batch), and
   of the step's matrix products alone (every ``dot_general`` of the step's jaxpr on random
   operands of its shapes, one jitted program); matmuls + optimiser alone, in units of one
-  seed's step, is a floor for the seeds' step that no fusion or schedule can beat.
+  seed's step, is a floor for the seeds' step that no fusion or schedule can beat
+  (``--seed_floors=off`` skips the two floors: two compiles fewer per seed count).
 - ``devices``: time per step at a fixed global batch on 1, 2, 4, 8 devices (on CPU a
   subprocess per count with ``--xla_force_host_platform_device_count``; on GPU/TPU the
   first N real devices).
@@ -151,8 +154,12 @@ class StepRunner:
         self.compiled = train.jit_train_step(method, mesh, self.microbatches).lower(
             self.state, batch).compile()
         self.compile_s = time.perf_counter() - t0
+        self.xla_flops = _flops(self.compiled) * mesh.devices.size  # SPMD: per-device
+        self.product_flops = product_flops(jax.make_jaxpr(
+            train.jit_train_step(method, mesh, self.microbatches))(self.state, batch))
+        # XLA's count misses convolutions on GPU (product_flops); the products are a floor
         self.flops = (float(flops) if flops is not None
-                      else _flops(self.compiled) * mesh.devices.size)  # SPMD: per-device
+                      else float(np.nanmax([self.xla_flops, self.product_flops])))
         self.temp_mb = _temp_bytes(self.compiled) / 2**20
         self.batch = batch
         self.sync_each = parallel.needs_step_sync(mesh)
@@ -296,6 +303,7 @@ def throughput_row(model, batch, mode, runner, step_times, times, comparable, pe
         "microbatch_mode": mode, "microbatches": runner.microbatches,
         "step": summary(step_times), "steps_per_s": 1.0 / best["step"],
         "samples_per_s": batch / best["step"], "flops_per_step": runner.flops,
+        "xla_flops_per_step": runner.xla_flops, "product_flops_per_step": runner.product_flops,
         "achieved_flops": runner.flops / best["step"],
         "matmul_shape": comparable.shape,
         "matmul_flops": comparable.flops / best["matmul"],
@@ -384,6 +392,57 @@ def matmul_flops(eqn) -> float:
         np.prod([lhs[d] for d in contract_lhs]))
 
 
+def conv_flops(eqn) -> float:
+    """2 x the multiply-adds of one ``conv_general_dilated`` equation that touch real input:
+    taps on padding or on the holes of an input dilation (a transposed convolution's) are
+    not counted, as in XLA's cost analysis."""
+    dims = eqn.params["dimension_numbers"]
+    lhs, rhs = eqn.invars[0].aval.shape, eqn.invars[1].aval.shape
+    out = eqn.outvars[0].aval.shape
+    taps = 1.0
+    for i, (ld, rd) in enumerate(zip(dims.lhs_spec[2:], dims.rhs_spec[2:])):
+        size, window, length = lhs[ld], rhs[rd], out[dims.out_spec[2 + i]]
+        lo = eqn.params["padding"][i][0]
+        q = (np.arange(length)[:, None] * eqn.params["window_strides"][i]
+             + np.arange(window)[None, :] * eqn.params["rhs_dilation"][i] - lo)
+        dil = eqn.params["lhs_dilation"][i]
+        taps *= float(np.sum((q >= 0) & (q <= (size - 1) * dil) & (q % dil == 0)))
+    return (2.0 * out[dims.out_spec[0]] * out[dims.out_spec[1]] * rhs[dims.rhs_spec[1]]
+            * taps)
+
+
+_PRODUCT_FLOPS = {"dot_general": matmul_flops, "conv_general_dilated": conv_flops}
+
+
+def product_flops(closed_jaxpr) -> float:
+    """FLOPs of every matrix product and convolution of a jaxpr, nested jaxprs included, a
+    ``scan`` body's counted ``length`` times (a ``while`` body's trip count is unknown:
+    raises).
+
+    A floor on the arithmetic of the program that does not depend on the backend: XLA's GPU
+    cost analysis counts no FLOPs for the cuDNN calls that convolutions become (the image
+    model's step at batch 256 on an H200: 10.3 GFLOP from XLA against 47.5 on CPU, where XLA
+    counts them), so :class:`StepRunner` rates a step by the larger of the two counts."""
+    def walk(jaxpr, times: float) -> float:
+        total = 0.0
+        for eqn in jaxpr.eqns:
+            name = eqn.primitive.name
+            if name in _PRODUCT_FLOPS:
+                total += times * _PRODUCT_FLOPS[name](eqn)
+            inner = times * eqn.params.get("length", 1) if name == "scan" else times
+            for value in eqn.params.values():
+                for sub in value if isinstance(value, (list, tuple)) else (value,):
+                    sub = sub.jaxpr if isinstance(sub, jax_core.ClosedJaxpr) else sub
+                    if isinstance(sub, jax_core.Jaxpr):
+                        if name == "while" and walk(sub, 1.0) > 0:
+                            raise ValueError("product_flops: products inside a while loop "
+                                             "run an unknown number of times")
+                        total += walk(sub, inner)
+        return total
+
+    return walk(closed_jaxpr.jaxpr, 1.0)
+
+
 class _MatmulsRunner:
     """The matrix products of the one-pass step alone: every ``dot_general`` of its jaxpr on
     random operands of the same shapes and dimension numbers, in one jitted program, with no
@@ -414,6 +473,9 @@ class _MatmulsRunner:
         return (time.perf_counter() - t0) / n
 
 
+FLOOR_PARTS = ("optimiser", "matmuls")
+
+
 def section_seeds(args) -> list[dict]:
     rows = []
     for batch in args.seed_batches:
@@ -424,30 +486,35 @@ def section_seeds(args) -> list[dict]:
                                              args.microbatch).items():
                 runners[(mode, s)] = runner
                 reps[(mode, s)] = _reps(runner.run(1), args.budget, args.steps, 50)
-            runners[("optimiser", s)] = _OptimiserRunner(method, config, mesh, layout)
-            runners[("matmuls", s)] = _MatmulsRunner(method, runner.state, runner.batch)
-            for part in ("optimiser", "matmuls"):
-                reps[(part, s)] = _reps(runners[(part, s)].run(1), args.budget, 3, 200)
+            if args.seed_floors == "on":
+                runners[("optimiser", s)] = _OptimiserRunner(method, config, mesh, layout)
+                runners[("matmuls", s)] = _MatmulsRunner(method, runner.state, runner.batch)
+                for part in FLOOR_PARTS:
+                    reps[(part, s)] = _reps(runners[(part, s)].run(1), args.budget, 3, 200)
+            print(f"  B={batch} seeds={s}: compiled in {runner.compile_s:.1f} s", flush=True)
         times = paired_rounds(runners, reps, args.rounds)
-        for mode in dict.fromkeys(m for m, _ in runners if m not in ("optimiser", "matmuls")):
+        for mode in dict.fromkeys(m for m, _ in runners if m not in FLOOR_PARTS):
             s0 = args.seeds_list[0]
             base = float(np.min(times[(mode, s0)])) / s0
             for s in args.seeds_list:
                 t = float(np.min(times[(mode, s)]))
-                t_opt, t_mm = (float(np.min(times[(part, s)])) for part in ("optimiser", "matmuls"))
                 runner = runners[(mode, s)]
-                rows.append({"model": "numerical_case2", "batch": batch, "seeds": s,
-                             "microbatch_mode": mode, "microbatches": runner.microbatches,
-                             "step": summary(times[(mode, s)]), "time_vs_one_seed": t / base,
-                             "optimiser": summary(times[("optimiser", s)]),
-                             "optimiser_vs_one_seed_step": t_opt / base,
-                             "per_seed_cost_vs_one_seed": t / (s * base),
-                             "matmuls": summary(times[("matmuls", s)]),
-                             "matmuls_count": runners[("matmuls", s)].count,
-                             "matmuls_flops": runners[("matmuls", s)].flops / t_mm,
-                             # matmuls alone + optimiser alone, in units of one seed's step
-                             "floor_vs_one_seed_step": (t_mm + t_opt) / base,
-                             "xla_temp_mb": runner.temp_mb, "compile_s": runner.compile_s})
+                row = {"model": "numerical_case2", "batch": batch, "seeds": s,
+                       "microbatch_mode": mode, "microbatches": runner.microbatches,
+                       "step": summary(times[(mode, s)]), "time_vs_one_seed": t / base,
+                       "per_seed_cost_vs_one_seed": t / (s * base),
+                       "xla_temp_mb": runner.temp_mb, "compile_s": runner.compile_s}
+                if args.seed_floors == "on":
+                    t_opt, t_mm = (float(np.min(times[(part, s)])) for part in FLOOR_PARTS)
+                    row.update({
+                        "optimiser": summary(times[("optimiser", s)]),
+                        "optimiser_vs_one_seed_step": t_opt / base,
+                        "matmuls": summary(times[("matmuls", s)]),
+                        "matmuls_count": runners[("matmuls", s)].count,
+                        "matmuls_flops": runners[("matmuls", s)].flops / t_mm,
+                        # matmuls alone + optimiser alone, in units of one seed's step
+                        "floor_vs_one_seed_step": (t_mm + t_opt) / base})
+                rows.append(row)
                 print(f"  B={batch} seeds={s} {mode} ({runner.microbatches} chunk(s)): "
                       f"{t * 1e3:.1f} ms/step, {t / base:.2f} x one seed", flush=True)
     return rows
@@ -538,6 +605,7 @@ def section_growth(args) -> dict:
         for v in values[name]:
             for mode, runner in growth_runners(make(v), args).items():
                 runners[(mode, v)] = runner
+            print(f"  {symbol}={v}: compiled in {runner.compile_s:.1f} s", flush=True)
         reps = {k: _reps(r.run(1), args.budget, args.steps, 50) for k, r in runners.items()}
         times = paired_rounds(runners, reps, args.rounds)
         xs = np.asarray(values[name], float)
@@ -754,7 +822,7 @@ def print_tables(results: dict) -> None:
             mode = f"{r.get('microbatch_mode', 'one pass')}/{r.get('microbatches', 1)}"
             opt = r.get("optimiser", {}).get("min_s")
             mm = r.get("matmuls", {}).get("min_s")
-            print(f"{r['batch']:6d} {r['seeds']:5d} {mode:>12s} {r['step']['min_s'] * 1e3:8.1f} "
+            print(f"{r['batch']:6d} {r['seeds']:5d} {mode:>12s} {r['step']['min_s'] * 1e3:8.2f} "
                   f"{r['time_vs_one_seed']:8.2f} {r['per_seed_cost_vs_one_seed']:13.2f} "
                   f"{_fmt(opt and opt * 1e3, '12.2f')} "
                   f"{_fmt(r.get('optimiser_vs_one_seed_step'), '18.2f')} "
@@ -858,6 +926,10 @@ def parse_args(argv=None):
     p.add_argument("--budget", type=float, default=0.5, help="target seconds per round")
     p.add_argument("--seeds_list", default="1,2,4,8,16")
     p.add_argument("--seed_batches", default="512,4096")
+    p.add_argument("--seed_floors", default="on", choices=("on", "off"),
+                   help="seeds section: also time each seed count's optimiser update and "
+                        "matrix products alone (two more compiles per count; 'off' where "
+                        "compiles are slow, as on a GPU)")
     p.add_argument("--devices_list", default="1,2,4,8")
     p.add_argument("--devices_batch", type=int, default=4096)
     p.add_argument("--growth_batch", type=int, default=1024)

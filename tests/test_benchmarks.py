@@ -47,6 +47,12 @@ def test_bench_train_tiny_run_reports_both_steps(tmp_path):
     assert rows["auto"]["xla_temp_mb"] < rows["one pass"]["xla_temp_mb"]
     for r in rows.values():
         assert np.isfinite(r["ratio_vs_matmul"]) and r["ratio_vs_matmul"] > 0
+    # on CPU XLA counts every product plus the elementwise work: it is the larger count
+    one = rows["one pass"]
+    assert 0.9 * one["xla_flops_per_step"] < one["product_flops_per_step"] < one["xla_flops_per_step"]
+    assert one["flops_per_step"] == one["xla_flops_per_step"]
+    # the chunked step's scan body is counted once per chunk: the same products in all
+    assert rows["auto"]["product_flops_per_step"] == pytest.approx(one["product_flops_per_step"])
 
     seeds = result["seeds"]
     assert {(r["microbatch_mode"], r["seeds"]) for r in seeds} == {
@@ -99,6 +105,62 @@ def test_jaxpr_matmuls_refuses_products_inside_a_loop():
 
     with pytest.raises(ValueError, match="inside a loop"):
         bt.jaxpr_matmuls(jax.make_jaxpr(f)(jnp.ones((4, 4)), jnp.ones((3, 4, 4))))
+
+
+def test_product_flops_counts_convolutions_like_xla_and_loops_per_iteration():
+    """Convolutions (strided, transposed i.e. input-dilated, grouped) and their gradients:
+    the count matches XLA's CPU cost analysis up to the elementwise work it adds (counting a
+    transposed convolution's taps on the dilation holes would give 2.4x); a scan body counts
+    once per iteration; a product inside a while loop has no known count."""
+    import jax
+    import jax.numpy as jnp
+    bt = _bench_train()
+    nhwc = ("NHWC", "HWIO", "NHWC")
+
+    def net(p, x):
+        y = jax.nn.relu(jax.lax.conv_general_dilated(x, p[0], (2, 2), "SAME",
+                                                     dimension_numbers=nhwc))
+        y = jax.lax.conv_transpose(y, p[1], (2, 2), "SAME", dimension_numbers=nhwc)
+        y = jax.lax.conv_general_dilated(y, p[2], (1, 1), "SAME", dimension_numbers=nhwc,
+                                         feature_group_count=2)
+        return jnp.sum(y ** 2)
+
+    p = (jnp.ones((3, 3, 4, 16)), jnp.ones((4, 4, 16, 8)), jnp.ones((3, 3, 4, 6)))
+    x = jnp.ones((8, 28, 28, 4))
+    for f in (net, jax.grad(net)):
+        ours = bt.product_flops(jax.make_jaxpr(f)(p, x))
+        xla = bt._flops(jax.jit(f).lower(p, x).compile())
+        assert 0.97 * xla < ours < xla
+    # the first convolution alone, by hand: 8 x 14 x 14 x 16 outputs, 3 x 3 x 4 taps except
+    # where the window overhangs: SAME padding of a stride-2 3-tap window on 28 pads 0 / 1,
+    # so the last output row and column lose one tap each (13 x 3 + 2 = 41 per dimension)
+    conv = jax.make_jaxpr(lambda x, k: jax.lax.conv_general_dilated(
+        x, k, (2, 2), "SAME", dimension_numbers=nhwc))(x, p[0])
+    assert bt.product_flops(conv) == 2.0 * 8 * 16 * 4 * 41 * 41
+
+    def scanned(c, w):
+        return jax.lax.scan(lambda c, wi: (c @ wi, None), c, w)[0]
+
+    jx = jax.make_jaxpr(scanned)(jnp.ones((5, 4)), jnp.ones((3, 4, 4)))
+    assert bt.product_flops(jx) == 3 * 2.0 * 5 * 4 * 4
+
+    def looped(c, w):
+        return jax.lax.while_loop(lambda s: s[1] < 3, lambda s: (s[0] @ w, s[1] + 1), (c, 0))[0]
+
+    with pytest.raises(ValueError, match="while loop"):
+        bt.product_flops(jax.make_jaxpr(looped)(jnp.ones((4, 4)), jnp.ones((4, 4))))
+
+
+def test_bench_train_seeds_without_floors(tmp_path):
+    """--seed_floors=off (for slow compilers, e.g. a GPU's): the seeds' steps alone, and the
+    table prints '-' where the floors would be."""
+    result, stdout = _run(tmp_path, "--sections=seeds", "--seed_batches=16", "--seeds_list=1,2",
+                          "--seed_floors=off", "--microbatch=off")
+    rows = result["seeds"]
+    assert [r["seeds"] for r in rows] == [1, 2]
+    assert rows[0]["time_vs_one_seed"] == 1.0 and rows[1]["time_vs_one_seed"] > 0
+    assert not any("optimiser" in r or "floor_vs_one_seed_step" in r for r in rows)
+    assert "B=16 seeds=2: compiled in" in stdout
 
 
 @pytest.mark.slow
