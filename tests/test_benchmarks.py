@@ -150,6 +150,13 @@ def test_product_flops_counts_convolutions_like_xla_and_loops_per_iteration():
     with pytest.raises(ValueError, match="while loop"):
         bt.product_flops(jax.make_jaxpr(looped)(jnp.ones((4, 4)), jnp.ones((4, 4))))
 
+    def scan_in_while(c, w):   # the scan's count is known, the loop around it is not
+        return jax.lax.while_loop(lambda s: s[1] < 3,
+                                  lambda s: (scanned(s[0], w), s[1] + 1), (c, 0))[0]
+
+    with pytest.raises(ValueError, match="while loop"):
+        bt.product_flops(jax.make_jaxpr(scan_in_while)(jnp.ones((5, 4)), jnp.ones((3, 4, 4))))
+
 
 def test_bench_train_seeds_without_floors(tmp_path):
     """--seed_floors=off (for slow compilers, e.g. a GPU's): the seeds' steps alone, and the
