@@ -17,9 +17,15 @@
 # limit per command run it as two calls: SECTIONS=throughput,images,main (limits 5.5 min)
 # then seeds,growth,parts (limits 6.7 min).
 set -u
-OUT=${1:?usage: benchmarks/gpu_suite.sh OUT_DIR [DATA_DIR]}
+OUT=${1:?usage: benchmarks/gpu_suite.sh OUT_DIR [DATA_DIR [SECTIONS]]}
 DATA=${2:-../shared/data}
-WANT=",${3:-throughput,images,seeds,growth,parts,main},"
+ALL=throughput,images,seeds,growth,parts,main
+WANT=",${3:-$ALL},"
+for name in ${WANT//,/ }; do
+  case ",$ALL," in *",$name,"*) ;; *)
+    echo "gpu_suite.sh: unknown section '$name' in SECTIONS; choose from $ALL" >&2; exit 2 ;;
+  esac
+done
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}"
 mkdir -p "$OUT"

@@ -67,3 +67,13 @@ def test_section_subset_runs_only_those(tmp_path):
     assert "=== seeds: exit 0" in log and "=== main: exit 0" in log
     assert "=== throughput" not in log and "=== growth" not in log
     assert [l.split("--sections=")[1].split()[0] for l in lines if "bench_train.py" in l] == ["seeds"]
+
+
+def test_unknown_section_is_refused_before_anything_runs(tmp_path):
+    proc = subprocess.run(["bash", "benchmarks/gpu_suite.sh", str(tmp_path / "out"),
+                           "../shared/data", "seeds,grwth"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60,
+                          env=dict(os.environ, PYTHON="/nonexistent/python"))
+    assert proc.returncode == 2
+    assert "unknown section 'grwth'" in proc.stderr and "throughput,images" in proc.stderr
+    assert not (tmp_path / "out").exists()
