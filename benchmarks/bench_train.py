@@ -26,7 +26,8 @@ Sections (``--sections``, comma-separated):
   first N real devices).
 - ``growth``: time per step as measurements K, modalities M and latent dimension D grow;
   fitted exponent (slope of log time against log size).
-- ``chunks``: for the growth section's K and M layouts, the step in 1, 2, 4, 8 chunks
+- ``chunks``: for the growth section's K and M layouts (and with ``--chunk_series=images``
+  the image model at ``--chunk_image_batches``), the step in 1, 2, 4, 8 chunks
   (``--chunk_counts``, gradient accumulation) and the count ``train.microbatch_size=-1``
   picks (``steps.choose_microbatches``), in paired rounds: the auto choice against the
   fastest count, i.e. whether the auto rule is right on this machine.
@@ -632,41 +633,53 @@ def section_growth(args) -> dict:
 
 
 def section_chunks(args) -> list[dict]:
-    """Is ``train.microbatch_size=-1`` right here? For the growth layouts (K over
-    ``--k_list``, M over ``--m_list``, ``--growth_batch``), the step in each of
+    """Is ``train.microbatch_size=-1`` right here? For each ``--chunk_series``: the growth
+    layouts (``K`` over ``--k_list``, ``M`` over ``--m_list``, at ``--growth_batch``) and
+    ``images`` (variant_mnist_3m at each ``--chunk_image_batches``), the step in each of
     ``--chunk_counts`` chunks (and the count ``train.resolve_microbatches`` picks), in paired
     rounds per layout; the auto step's time against the fastest."""
     rows = []
-    for name in ("measurements_K", "modalities_M"):
-        symbol, make = GROWTH[name]
-        for v in (args.k_list if symbol == "K" else args.m_list):
+    for series in args.chunk_series:
+        if series == "images":
+            for b in args.chunk_image_batches:
+                config, method, mesh, source, layout = setup_model("variant_mnist_3m", args, b)
+                rows += _chunk_rows("images", "B", b, method, config, mesh, layout,
+                                    source(0), b, args)
+            continue
+        name = {"K": "measurements_K", "M": "modalities_M"}[series]
+        _, make = GROWTH[name]
+        for v in (args.k_list if series == "K" else args.m_list):
             layout = make(v)
             method, config, mesh, batch = growth_setup(layout, args)
-            one = StepRunner(method, config, mesh, layout, batch)
-            config.train.microbatch_size = -1   # the count training would use
-            auto = train.resolve_microbatches(config, method, mesh, one.state, batch,
-                                              one_pass_temp_bytes=one.temp_mb * 2**20)
-            counts = sorted({n for n in args.chunk_counts if args.growth_batch % n == 0}
-                            | {1, auto})
-            runners = {n: one if n == 1 else StepRunner(method, config, mesh, layout, batch,
-                                                        n, flops=one.flops)
-                       for n in counts}
-            reps = {n: _reps(r.run(1), args.budget, args.steps, 50) for n, r in runners.items()}
-            times = paired_rounds(runners, reps, args.rounds)
-            best = min(counts, key=lambda n: float(np.min(times[n])))
-            for n in counts:
-                rows.append({"series": name, "symbol": symbol, "value": v,
-                             "batch": args.growth_batch, "chunks": n,
-                             "rows_per_chunk": args.growth_batch // n,
-                             "one_pass_temp_mb": one.temp_mb, "xla_temp_mb": runners[n].temp_mb,
-                             "step": summary(times[n]), "auto_chunks": auto,
-                             "fastest_chunks": best,
-                             "vs_fastest": float(np.min(times[n]) / np.min(times[best]))})
-            print(f"  {symbol}={v} ({one.temp_mb:.0f} MB in one pass): " + " ".join(
-                f"{n}:{np.min(times[n]) * 1e3:.1f}ms" for n in counts)
-                + f"; auto {auto} is {np.min(times[auto]) / np.min(times[best]):.2f}x the "
-                  f"fastest ({best})", flush=True)
+            rows += _chunk_rows(name, series, v, method, config, mesh, layout, batch,
+                                args.growth_batch, args)
     return rows
+
+
+def _chunk_rows(series, symbol, value, method, config, mesh, layout, batch, batch_size,
+                args) -> list[dict]:
+    """One layout of the chunks section: the step in each count, in paired rounds."""
+    one = StepRunner(method, config, mesh, layout, batch)
+    config.train.microbatch_size = -1   # the count training would use
+    auto = train.resolve_microbatches(config, method, mesh, one.state, batch,
+                                      one_pass_temp_bytes=one.temp_mb * 2**20)
+    counts = sorted({n for n in args.chunk_counts if batch_size % n == 0} | {1, auto})
+    runners = {n: one if n == 1 else StepRunner(method, config, mesh, layout, batch, n,
+                                                flops=one.flops)
+               for n in counts}
+    reps = {n: _reps(r.run(1), args.budget, args.steps, 50) for n, r in runners.items()}
+    times = paired_rounds(runners, reps, args.rounds)
+    best = min(counts, key=lambda n: float(np.min(times[n])))
+    print(f"  {symbol}={value} ({one.temp_mb:.0f} MB in one pass): " + " ".join(
+        f"{n}:{np.min(times[n]) * 1e3:.1f}ms" for n in counts)
+        + f"; auto {auto} is {np.min(times[auto]) / np.min(times[best]):.2f}x the "
+          f"fastest ({best})", flush=True)
+    return [{"series": series, "symbol": symbol, "value": value, "batch": batch_size,
+             "chunks": n, "rows_per_chunk": batch_size // n,
+             "one_pass_temp_mb": one.temp_mb, "xla_temp_mb": runners[n].temp_mb,
+             "step": summary(times[n]), "auto_chunks": auto, "fastest_chunks": best,
+             "vs_fastest": float(np.min(times[n]) / np.min(times[best]))}
+            for n in counts]
 
 
 def section_bandwidth(args) -> list[dict]:
@@ -946,6 +959,11 @@ def parse_args(argv=None):
                    help="matrices per batched product in the products section")
     p.add_argument("--chunk_counts", default="1,2,4,8",
                    help="chunks per step timed by the chunks section (with the auto choice)")
+    p.add_argument("--chunk_series", default="K,M",
+                   help="what the chunks section times: K and M (numerical_case2's growth "
+                        "layouts at --growth_batch) and/or images (variant_mnist_3m)")
+    p.add_argument("--chunk_image_batches", default="64,256",
+                   help="batches of the chunks section's images series")
     p.add_argument("--microbatch", default="both", choices=("off", "auto", "both"),
                    help="time the one-pass step ('off'), the train.microbatch_size=-1 step "
                         "('auto': steps.choose_microbatches' chunks) or both (throughput, "
@@ -961,12 +979,22 @@ def parse_args(argv=None):
                 f"models {list(MODELS)}")
     args.bandwidth_mb = [float(v) for v in args.bandwidth_mb.split(",") if v]
     for name in ("batch_sizes", "seeds_list", "seed_batches", "devices_list", "k_list",
-                 "m_list", "d_list", "product_rows", "product_batches", "chunk_counts"):
+                 "m_list", "d_list", "product_rows", "product_batches", "chunk_counts",
+                 "chunk_image_batches"):
         setattr(args, name, _ints(getattr(args, name)))
     if args.rounds < 1 or args.steps < 1:
         p.error("--rounds and --steps must be >= 1")
     if "chunks" in args.sections and (not args.chunk_counts or min(args.chunk_counts) < 1):
         p.error("--chunk_counts must be comma-separated integers >= 1")
+    args.chunk_series = [v for v in args.chunk_series.split(",") if v]
+    if "chunks" in args.sections:
+        bad = sorted(set(args.chunk_series) - {"K", "M", "images"})
+        if bad or not args.chunk_series:
+            p.error(f"--chunk_series: unknown {bad}; choose from K, M, images")
+        if "images" in args.chunk_series:
+            require_model_data(p, "variant_mnist_3m", args.data_dir)
+            if not args.chunk_image_batches or min(args.chunk_image_batches) < 1:
+                p.error("--chunk_image_batches must be comma-separated integers >= 1")
     if "products" in args.sections and (not args.product_rows or not args.product_batches
                                         or min(args.product_rows + args.product_batches) < 1):
         p.error("--product_rows and --product_batches must be comma-separated integers >= 1")

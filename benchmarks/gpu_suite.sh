@@ -8,7 +8,9 @@
 # OUT_DIR receives suite.log (everything printed, appended to), one bench_train JSON per
 # section and main.log (the README's main command, timed). DATA_DIR: folder with mnist/ and
 # fashion-mnist/ (default ../shared/data). SECTIONS: comma-separated subset of
-# throughput,images,seeds,growth,parts,main (default all). PYTHON picks the interpreter
+# throughput,images,seeds,growth,parts,main (the default) and image_chunks (the image step
+# at batch 1024 and 4096 in 1 and 4 chunks: is the H200's 11.6x slowdown from 1024 to 4096
+# the size of one pass?). PYTHON picks the interpreter
 # (default python3); QUICK=1 shrinks every list (a dry run of the script, e.g. on CPU).
 #
 # Sizes: on an H200 (2026-11-26) every program compiles in 7-10 s (numerical_case2's step)
@@ -19,8 +21,9 @@
 set -u
 OUT=${1:?usage: benchmarks/gpu_suite.sh OUT_DIR [DATA_DIR [SECTIONS]]}
 DATA=${2:-../shared/data}
-ALL=throughput,images,seeds,growth,parts,main
-WANT=",${3:-$ALL},"
+DEFAULT=throughput,images,seeds,growth,parts,main
+ALL=$DEFAULT,image_chunks
+WANT=",${3:-$DEFAULT},"
 for name in ${WANT//,/ }; do
   case ",$ALL," in *",$name,"*) ;; *)
     echo "gpu_suite.sh: unknown section '$name' in SECTIONS; choose from $ALL" >&2; exit 2 ;;
@@ -34,9 +37,9 @@ BT="benchmarks/bench_train.py --data_dir=$DATA --microbatch=off"
 
 if [ "${QUICK:-0}" = 1 ]; then
   NUM_B=256; IMG_B=64; SEEDS=1,2; SEED_B=16; KS=1,2; MS=2,3; DS=4,8; ROUNDS=1; T=1
-  PARTS="--parts_batch=256"
+  PARTS="--parts_batch=256"; CHUNK_B=8; CHUNKS=1,2
 else
-  PARTS="--parts_batch=4096"
+  PARTS="--parts_batch=4096"; CHUNK_B=1024,4096; CHUNKS=1,4
   NUM_B=256,1024,4096,16384,65536; IMG_B=256,1024,4096; SEEDS=1,2,4,8,16; SEED_B=512,4096
   KS=1,2,4,8; MS=2,4,8; DS=4,16,64; ROUNDS=5; T=1
 fi
@@ -71,6 +74,8 @@ section seeds 180 --sections=seeds --seeds_list=$SEEDS --seed_batches=$SEED_B --
   --steps=$T --seed_floors=off
 section growth 130 --sections=growth --k_list=$KS --m_list=$MS --d_list=$DS --rounds=3 --steps=$T
 section parts 90 --sections=parts --models=numerical_case2 $PARTS --rounds=3 --steps=$T
+section image_chunks 150 --sections=chunks --chunk_series=images --chunk_image_batches=$CHUNK_B \
+  --chunk_counts=$CHUNKS --rounds=3 --steps=$T
 
 case "$WANT" in *",main,"*)
   STEPS_FLAG=""

@@ -256,6 +256,28 @@ def test_bench_train_chunks_section_times_the_auto_choice_against_the_others(tmp
     assert "## Chunks per step" in stdout and "auto/fastest" in stdout
 
 
+@pytest.mark.slow
+def test_bench_train_chunks_section_images_series(tmp_path):
+    """--chunk_series=images: the image model's step in each count at each batch (the
+    series the GPU run needs for the image step's slowdown at batch 4096)."""
+    result, stdout = _run(tmp_path, "--sections=chunks", "--chunk_series=images",
+                          "--chunk_image_batches=8", "--chunk_counts=1,2")
+    rows = result["chunks"]
+    assert {r["series"] for r in rows} == {"images"} and {r["batch"] for r in rows} == {8}
+    assert {1, 2} <= {r["chunks"] for r in rows}
+    assert all(r["vs_fastest"] >= 1.0 and r["rows_per_chunk"] * r["chunks"] == 8 for r in rows)
+    assert "B=8" in stdout
+
+
+def test_bench_train_chunks_rejects_bad_series(tmp_path):
+    for flags, message in ((["--chunk_series=K,Q"], "--chunk_series"),
+                           (["--chunk_series=images", f"--data_dir={tmp_path}"],
+                            "needs mnist/ and fashion-mnist/")):
+        proc = subprocess.run([sys.executable, "benchmarks/bench_train.py", "--sections=chunks",
+                               *flags], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+
+
 def test_bench_train_chunks_rejects_bad_counts():
     proc = subprocess.run([sys.executable, "benchmarks/bench_train.py", "--sections=chunks",
                            "--chunk_counts=0"], cwd=ROOT, capture_output=True, text=True,

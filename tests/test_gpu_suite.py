@@ -33,36 +33,44 @@ RECORDER = textwrap.dedent("""\
 """)
 
 
-def _run_suite(tmp_path, *extra, env_extra=None):
+def _run_suite(tmp_path, data_dir, *extra, env_extra=None):
     recorder = tmp_path / "python"
     recorder.write_text(RECORDER.format(python=sys.executable))
     recorder.chmod(0o755)
     record = tmp_path / "record.txt"
     env = dict(os.environ, PYTHON=str(recorder), RECORD=str(record), **(env_extra or {}))
     proc = subprocess.run(["bash", "benchmarks/gpu_suite.sh", str(tmp_path / "out"),
-                           "../shared/data", *extra], cwd=ROOT, env=env,
+                           str(data_dir), *extra], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
     log = (tmp_path / "out" / "suite.log").read_text()
     lines = record.read_text().splitlines() if record.exists() else []
     return proc, log, lines
 
 
-def test_every_section_runs_a_valid_command(tmp_path):
-    proc, log, lines = _run_suite(tmp_path)
+def test_every_section_runs_a_valid_command(tmp_path, data_dir):
+    proc, log, lines = _run_suite(tmp_path, data_dir)
     assert proc.returncode == 0, proc.stdout + proc.stderr + log
     benches = [l for l in lines if l.startswith("benchmarks/bench_train.py")]
     sections = ["throughput", "images", "seeds", "growth", "parts"]
     for name in sections:
         assert f"=== {name}: exit 0" in log, log            # the parser accepted its flags
         assert any(f"bench_train_{name}_gpu.json" in l for l in benches)
-    assert "=== main: exit 0" in log, log
+    assert "=== main: exit 0" in log and "=== image_chunks" not in log, log
     assert any(l.startswith("-m crl_jax.main --config=configs/synthetic.py") for l in lines)
     seeds = next(l for l in benches if "--sections=seeds" in l)
     assert "--seed_floors=off" in seeds
 
 
-def test_section_subset_runs_only_those(tmp_path):
-    proc, log, lines = _run_suite(tmp_path, "seeds,main")
+def test_image_chunks_only_when_asked(tmp_path, data_dir):
+    proc, log, lines = _run_suite(tmp_path, data_dir, "image_chunks")
+    assert proc.returncode == 0, proc.stdout + proc.stderr + log
+    assert "=== image_chunks: exit 0" in log and "=== main" not in log
+    (line,) = [l for l in lines if "bench_train.py" in l]
+    assert "--chunk_series=images" in line and "--chunk_image_batches=1024,4096" in line
+
+
+def test_section_subset_runs_only_those(tmp_path, data_dir):
+    proc, log, lines = _run_suite(tmp_path, data_dir, "seeds,main")
     assert proc.returncode == 0, proc.stdout + proc.stderr + log
     assert "=== seeds: exit 0" in log and "=== main: exit 0" in log
     assert "=== throughput" not in log and "=== growth" not in log
