@@ -15,6 +15,12 @@ change of variables, and ``sampling`` below asserts that both draw the same batc
   ``GaussianHead`` modules (four thin products) against one fused product.
 - ``prior``: forward + backward of the causal prior with the (B, D, D) parents tensor
   against the einsum form, at several latent dimensions D.
+- ``leaky``: train steps with flax's ``nn.leaky_relu(x, 0.2)`` against
+  ``networks.leaky_relu`` (whose backward pass keeps only its output), each in one pass and
+  in the chunks ``train.microbatch_size=-1`` picks from its own temporaries; cases
+  ``case2:B`` (numerical_case2 at batch B), ``seedsS:B`` (S vmapped seeds) and ``MN:B`` (the
+  growth layout with N modalities). Values agree to one unit in the last place
+  (tests/test_networks_equivalence.py).
 - ``sampling``: drawing one numerical_case2 batch with the step's key derived by an eager
   ``fold_in`` (a separate dispatch) against deriving it inside the jitted sampler
   (``input_pipeline.BatchSource``); same batches (tests/test_input_pipeline.py).
@@ -24,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 
@@ -174,6 +181,50 @@ def change_prior(args) -> list[dict]:
     return rows
 
 
+def _flax_leaky_relu(x):
+    return nn.leaky_relu(x, networks.LEAKY_SLOPE)
+
+
+def _leaky_case(case: str, args):
+    """(label, method, config, mesh, layout, batch) of one ``--leaky_cases`` entry."""
+    kind, _, batch = case.partition(":")
+    batch = int(batch)
+    if kind == "case2" or kind.startswith("seeds"):
+        seeds = int(kind[5:]) if kind.startswith("seeds") else 1
+        config, method, mesh, source, layout = bt.setup_model("numerical_case2", args, batch,
+                                                              num_seeds=seeds)
+        return (f"numerical_case2, {seeds} seed(s) x {batch}", method, config, mesh, layout,
+                source(0))
+    if kind.startswith("M"):
+        ns = argparse.Namespace(growth_batch=batch, data_dir=args.data_dir)
+        layout = bt.growth_layout(m=int(kind[1:]))
+        method, config, mesh, data = bt.growth_setup(layout, ns)
+        return f"growth M={kind[1:]}, batch {batch}", method, config, mesh, layout, data
+    raise ValueError(f"--leaky_cases: unknown case {case!r} (case2:B, seedsS:B or MN:B)")
+
+
+def change_leaky(args) -> list[dict]:
+    rows = []
+    for case in args.leaky_cases:
+        runners = {}
+        for label, fn in (("before", _flax_leaky_relu), ("after", _LEAKY_RELU)):
+            networks.leaky_relu = fn
+            try:
+                name, method, config, mesh, layout, batch = _leaky_case(case, args)
+                runners[label] = bt.step_runners(method, config, mesh, layout, batch, "both")
+            finally:
+                networks.leaky_relu = _LEAKY_RELU
+        for mode in ("one pass", "auto"):
+            pair = {k: v[mode] for k, v in runners.items()}
+            what = f"{name}, {mode}: " + " -> ".join(
+                f"{r.microbatches}x{r.temp_mb:.0f} MB" for r in pair.values())
+            row = _row("leaky", what, pair, _compare(pair, args.rounds, args.budget))
+            row.update({f"temp_mb_{k}": r.temp_mb for k, r in pair.items()},
+                       **{f"chunks_{k}": r.microbatches for k, r in pair.items()})
+            rows.append(row)
+    return rows
+
+
 def _row(change, what, runners, times) -> dict:
     row = {"change": change, "what": what, "before": times["before"], "after": times["after"],
            "speedup": times["before"]["min_s"] / times["after"]["min_s"],
@@ -185,8 +236,9 @@ def _row(change, what, runners, times) -> dict:
 
 _MATMUL_CONVOLUTIONS = networks.matmul_convolutions
 _MEASUREMENT_ENCODER = networks.MeasurementEncoder
+_LEAKY_RELU = networks.leaky_relu
 CHANGES = {"conv": change_conv, "heads": change_heads, "prior": change_prior,
-           "sampling": change_sampling}
+           "sampling": change_sampling, "leaky": change_leaky}
 
 
 def main(argv=None) -> dict:
@@ -198,6 +250,8 @@ def main(argv=None) -> dict:
     p.add_argument("--prior_dims", default="6,24,64")
     p.add_argument("--prior_batch", type=int, default=4096)
     p.add_argument("--sampling_batches", default="64,256,4096")
+    p.add_argument("--leaky_cases", default="case2:1024,case2:4096,seeds3:512,M6:1024,M8:1024",
+                   help="comma-separated case2:B, seedsS:B (S seeds) or MN:B (N modalities)")
     p.add_argument("--data_dir", default=bt.default_data_dir())
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--budget", type=float, default=0.5)
@@ -209,6 +263,11 @@ def main(argv=None) -> dict:
                 f"choose from {list(CHANGES)}")
     for name in ("conv_batches", "heads_batches", "prior_dims", "sampling_batches"):
         setattr(args, name, bt._ints(getattr(args, name)))
+    args.leaky_cases = [c for c in args.leaky_cases.split(",") if c]
+    for case in args.leaky_cases:
+        kind, _, batch = case.partition(":")
+        if not (batch.isdigit() and (kind == "case2" or re.fullmatch(r"(seeds|M)\d+", kind))):
+            p.error(f"--leaky_cases: bad case {case!r}; use case2:B, seedsS:B or MN:B")
     jax.config.update("jax_enable_compilation_cache", False)
     dev = jax.devices()[0]
     print(f"{dev.platform} x{jax.device_count()}, {os.cpu_count()} CPUs, "
@@ -216,9 +275,9 @@ def main(argv=None) -> dict:
     rows = []
     for name in changes:
         rows += CHANGES[name](args)
-    print(f"\n{'change':7s} {'measured':48s} {'before ms':>10s} {'after ms':>9s} {'speedup':>8s}")
+    print(f"\n{'change':7s} {'measured':60s} {'before ms':>10s} {'after ms':>9s} {'speedup':>8s}")
     for r in rows:
-        print(f"{r['change']:7s} {r['what']:48s} {r['before']['min_s'] * 1e3:10.1f} "
+        print(f"{r['change']:7s} {r['what']:60s} {r['before']['min_s'] * 1e3:10.1f} "
               f"{r['after']['min_s'] * 1e3:9.1f} {r['speedup']:8.2f}")
     out = {"info": {"command": " ".join(["benchmarks/bench_changes.py"] + sys.argv[1:]),
                     "platform": dev.platform, "cpu_count": os.cpu_count(),

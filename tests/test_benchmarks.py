@@ -18,7 +18,7 @@ SCRIPT = textwrap.dedent("""
     import sys
     sys.path.insert(0, "benchmarks")
     from crl_jax import steps
-    steps.AUTO_MICROBATCH_TEMP_MB = 0.25   # force chunks at batch 64
+    steps.AUTO_MICROBATCH_TEMP_MB = 0.25   # force chunks at small batches
     steps.AUTO_MICROBATCH_MIN_SHARE_OVER_PARAMS = 0.0
     import bench_train
     bench_train.main(sys.argv[1:])
@@ -36,7 +36,7 @@ def _run(tmp_path, *args):
 
 
 def test_bench_train_tiny_run_reports_both_steps(tmp_path):
-    result, stdout = _run(tmp_path, "--sections=throughput,seeds", "--batch_sizes=64",
+    result, stdout = _run(tmp_path, "--sections=throughput,seeds", "--batch_sizes=256",
                           "--seed_batches=16", "--seeds_list=1,2")
 
     rows = {r["microbatch_mode"]: r for r in result["throughput"]}
@@ -283,3 +283,24 @@ def test_bench_train_chunks_rejects_bad_counts():
                            "--chunk_counts=0"], cwd=ROOT, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 2 and "--chunk_counts" in proc.stderr
+
+
+def test_bench_changes_leaky_compares_the_two_activations(tmp_path):
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import bench_changes
+    from crl_jax.models import networks
+    out = tmp_path / "changes.json"
+    result = bench_changes.main(["--changes=leaky", "--leaky_cases=M2:96", "--rounds=1",
+                                 "--budget=0.01", f"--out={out}"])
+    assert networks.leaky_relu is bench_changes._LEAKY_RELU   # restored after the run
+    rows = {r["what"].split(", ")[-1].split(":")[0]: r for r in result["changes"]}
+    assert set(rows) == {"one pass", "auto"}
+    one = rows["one pass"]
+    # the flax form keeps each hidden layer's product output too: 2 modalities x K=3 x
+    # 4 hidden layers x 96 rows x 128 units x 4 bytes more
+    extra = one["temp_mb_before"] - one["temp_mb_after"]
+    assert extra >= 0.75 * 2 * 4 * 3 * 96 * 128 * 4 / 2**20, one
+    assert one["chunks_before"] == one["chunks_after"] == 1
+    assert json.loads(out.read_text())["changes"][0]["change"] == "leaky"
+    with pytest.raises(SystemExit):
+        bench_changes.main(["--changes=leaky", "--leaky_cases=M2"])

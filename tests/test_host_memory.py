@@ -79,8 +79,9 @@ STEP_PROBE = textwrap.dedent("""
         host_memory.tune_malloc()
     import bench_train as bt
     args = argparse.Namespace(data_dir=bt.default_data_dir())
-    # batch 1536: ~42 MB of XLA temporaries per step (13.9 MB at 512)
-    config, method, mesh, source, layout = bt.setup_model("numerical_case2", args, 1536)
+    # batch 2560: ~42 MB of XLA temporaries per step (between glibc's 32 MiB mmap ceiling
+    # and a thread arena's 64 MiB heap)
+    config, method, mesh, source, layout = bt.setup_model("numerical_case2", args, 2560)
     runner = bt.StepRunner(method, config, mesh, layout, source(0))
     runner.run(4)                            # the heap settles over the first steps
     per_step = []

@@ -66,6 +66,39 @@ def _dense_bwd(residuals, dy):
 dense.defvjp(_dense_fwd, _dense_bwd)
 
 
+LEAKY_SLOPE = 0.2   # of every hidden activation (the reference model's)
+
+
+@jax.custom_vjp
+def leaky_relu(x: jnp.ndarray) -> jnp.ndarray:
+    """Leaky ReLU with slope ``LEAKY_SLOPE`` = 1/5, whose backward pass keeps only its output.
+
+    Why: with ``nn.leaky_relu`` XLA:CPU fuses a copy of the forward's bias add and select into
+    the backward's mask, so the step kept every hidden layer's matrix-product output *and*
+    its activation until the backward pass: 96 of the 111 MB of temporaries of
+    numerical_case2 at batch 4096, half of them products (``benchmarks/step_memory.py``).
+    Here the output is a division (``x / 5`` below zero), which XLA does not duplicate into
+    consumers, and the gradient's mask is read from the output's sign (the same as the
+    input's: dividing by 1 or 5 keeps it), so the product output dies in the forward pass:
+    80.7 -> 50.0 MB for the growth layout M = 6 at batch 1024 (docs/PERFORMANCE.md, *What was
+    changed*, ``leaky``). Values: the slope is exactly 1/5 (``x / 5`` correctly rounded),
+    where ``nn.leaky_relu(x, 0.2)`` multiplies by float32(0.2); they differ by at most one
+    unit in the last place, below zero (tests/test_networks_equivalence.py)."""
+    return x / jnp.where(x >= 0, 1.0, 1.0 / LEAKY_SLOPE).astype(x.dtype)
+
+
+def _leaky_relu_fwd(x):
+    y = leaky_relu(x)
+    return y, y
+
+
+def _leaky_relu_bwd(y, dy):
+    return (jnp.where(y >= 0, dy, dy / jnp.asarray(1.0 / LEAKY_SLOPE, dy.dtype)),)
+
+
+leaky_relu.defvjp(_leaky_relu_fwd, _leaky_relu_bwd)
+
+
 class Dense(nn.Module):
     """``nn.Dense`` (same parameter names, shapes and initialisers) through :func:`dense`."""
 
@@ -88,7 +121,7 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         for width in self.features[:-1]:
-            x = nn.leaky_relu(Dense(width)(x), 0.2)
+            x = leaky_relu(Dense(width)(x))
         return Dense(self.features[-1])(x)
 
 
@@ -179,12 +212,12 @@ class FeatureEncoder(nn.Module):
                 raise ValueError(f"model.encoder='conv' needs image observations (B, H, W, C); "
                                  f"got shape {x.shape}. Use model.encoder='mlp' for vectors.")
             for i, channels in enumerate((32, 64)):   # names as nn.Conv's: same params
-                x = nn.leaky_relu(_conv(channels, name=f"Conv_{i}")(x), 0.2)
+                x = leaky_relu(_conv(channels, name=f"Conv_{i}")(x))
             x = x.reshape(x.shape[0], -1)
         else:
             x = x.reshape(x.shape[0], -1)
         for width in self.hidden:
-            x = nn.leaky_relu(Dense(width)(x), 0.2)
+            x = leaky_relu(Dense(width)(x))
         return x
 
 
@@ -287,8 +320,8 @@ class MeasurementDecoder(nn.Module):
             height, width, channels = self.obs_shape
             h0, w0 = -(-height // 4), -(-width // 4)   # upsample x4, then crop to size
             h = MLP(tuple(reversed(self.hidden)) + (64 * h0 * w0,))(code)
-            h = nn.leaky_relu(h, 0.2).reshape(code.shape[0], h0, w0, 64)
-            h = nn.leaky_relu(_conv_transpose(32, name="ConvTranspose_0")(h), 0.2)
+            h = leaky_relu(h).reshape(code.shape[0], h0, w0, 64)
+            h = leaky_relu(_conv_transpose(32, name="ConvTranspose_0")(h))
             out = _conv_transpose(channels, name="ConvTranspose_1")(h)
             return out[:, :height, :width, :]
         out = MLP(tuple(reversed(self.hidden)) + (n_out,))(code)
