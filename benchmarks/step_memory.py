@@ -168,13 +168,17 @@ def parse_args(argv=None):
     p.add_argument("--k", type=int, default=3, help="growth: measurements per modality")
     p.add_argument("--m", type=int, default=2, help="growth: modalities")
     p.add_argument("--batch", type=int, default=1024)
-    p.add_argument("--data_dir", default=os.environ.get("CRL_JAX_DATA_DIR", ""),
-                   help="variant_mnist_3m: folder with mnist/ and fashion-mnist/")
+    p.add_argument("--data_dir", default=None,
+                   help="variant_mnist_3m: folder with mnist/ and fashion-mnist/ "
+                        "(default: $CRL_JAX_DATA_DIR, else ../shared/data)")
     p.add_argument("--top", type=int, default=20, help="rows printed")
     p.add_argument("--out", default="", help="write the result as JSON here")
     args = p.parse_args(argv)
     if args.batch < 1 or args.k < 1 or args.m < 1:
         p.error("--batch, --k and --m must be >= 1")
+    import bench_train as bt   # importing JAX starts no backend: XLA_FLAGS can still be set
+    args.data_dir = args.data_dir or bt.default_data_dir()
+    bt.require_model_data(p, args.model, args.data_dir)
     return args
 
 

@@ -87,3 +87,12 @@ def test_real_step_peak_matches_xla_and_names_the_activations(tmp_path):
     assert count.get("decoder forward elementwise", 0) >= 1, count
     assert not any(g.endswith("forward matmul") for g in count), count
     assert "live at the peak" in proc.stdout
+
+
+def test_image_model_without_its_files_is_one_usage_error(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "step_memory.py"),
+         "--model=variant_mnist_3m", f"--data_dir={tmp_path}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert "needs mnist/ and fashion-mnist/" in proc.stderr and "Traceback" not in proc.stderr
