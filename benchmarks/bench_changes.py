@@ -185,9 +185,13 @@ def _flax_leaky_relu(x):
     return nn.leaky_relu(x, networks.LEAKY_SLOPE)
 
 
+_LEAKY_CASE = re.compile(r"(case2|seeds\d+|M\d+):(\d+)")
+
+
 def _leaky_case(case: str, args):
-    """(label, method, config, mesh, layout, batch) of one ``--leaky_cases`` entry."""
-    kind, _, batch = case.partition(":")
+    """(label, method, config, mesh, layout, batch) of one ``--leaky_cases`` entry (checked
+    against ``_LEAKY_CASE`` in ``main``)."""
+    kind, batch = _LEAKY_CASE.fullmatch(case).groups()
     batch = int(batch)
     if kind == "case2" or kind.startswith("seeds"):
         seeds = int(kind[5:]) if kind.startswith("seeds") else 1
@@ -195,12 +199,10 @@ def _leaky_case(case: str, args):
                                                               num_seeds=seeds)
         return (f"numerical_case2, {seeds} seed(s) x {batch}", method, config, mesh, layout,
                 source(0))
-    if kind.startswith("M"):
-        ns = argparse.Namespace(growth_batch=batch, data_dir=args.data_dir)
-        layout = bt.growth_layout(m=int(kind[1:]))
-        method, config, mesh, data = bt.growth_setup(layout, ns)
-        return f"growth M={kind[1:]}, batch {batch}", method, config, mesh, layout, data
-    raise ValueError(f"--leaky_cases: unknown case {case!r} (case2:B, seedsS:B or MN:B)")
+    ns = argparse.Namespace(growth_batch=batch, data_dir=args.data_dir)
+    layout = bt.growth_layout(m=int(kind[1:]))
+    method, config, mesh, data = bt.growth_setup(layout, ns)
+    return f"growth M={kind[1:]}, batch {batch}", method, config, mesh, layout, data
 
 
 def change_leaky(args) -> list[dict]:
@@ -265,8 +267,7 @@ def main(argv=None) -> dict:
         setattr(args, name, bt._ints(getattr(args, name)))
     args.leaky_cases = [c for c in args.leaky_cases.split(",") if c]
     for case in args.leaky_cases:
-        kind, _, batch = case.partition(":")
-        if not (batch.isdigit() and (kind == "case2" or re.fullmatch(r"(seeds|M)\d+", kind))):
+        if not _LEAKY_CASE.fullmatch(case):
             p.error(f"--leaky_cases: bad case {case!r}; use case2:B, seedsS:B or MN:B")
     jax.config.update("jax_enable_compilation_cache", False)
     dev = jax.devices()[0]

@@ -184,16 +184,17 @@ def parse_args(argv=None):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    import jax
     dump_dir = _dump_dir_from_env()
     made_dir = dump_dir is None
     if made_dir:   # XLA reads its flags once, when the backend starts: set them first
+        if jax._src.xla_bridge.backends_are_initialized():
+            raise RuntimeError("step_memory sets XLA_FLAGS=--xla_dump_to=..., which JAX reads "
+                               "only before its backend starts: run it as a script")
         dump_dir = tempfile.mkdtemp(prefix="step_memory_")
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                    f" --xla_dump_to={dump_dir} --xla_dump_hlo_as_text").strip()
-    import jax
     jax.config.update("jax_enable_compilation_cache", False)   # a cache hit dumps nothing
-    if jax._src.xla_bridge.backends_are_initialized() and _dump_dir_from_env() != dump_dir:
-        raise RuntimeError("step_memory needs XLA_FLAGS set before JAX starts; run it as a script")
     import bench_train as bt
     if args.model == "growth":
         ns = argparse.Namespace(growth_batch=args.batch, data_dir=args.data_dir)

@@ -96,3 +96,15 @@ def test_image_model_without_its_files_is_one_usage_error(tmp_path):
         cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     assert "needs mnist/ and fashion-mnist/" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_in_a_process_whose_jax_backend_started_it_stops_before_any_work(monkeypatch):
+    import jax
+    jax.devices()   # the backend starts: XLA_FLAGS set from here on are never read
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    try:
+        sm.main(["--m=2", "--batch=64"])
+    except RuntimeError as e:
+        assert "run it as a script" in str(e)
+    else:
+        raise AssertionError("expected a RuntimeError")

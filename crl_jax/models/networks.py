@@ -80,8 +80,8 @@ def leaky_relu(x: jnp.ndarray) -> jnp.ndarray:
     Here the output is a division (``x / 5`` below zero), which XLA does not duplicate into
     consumers, and the gradient's mask is read from the output's sign (the same as the
     input's: dividing by 1 or 5 keeps it), so the product output dies in the forward pass:
-    80.7 -> 50.0 MB for the growth layout M = 6 at batch 1024 (docs/PERFORMANCE.md, *What was
-    changed*, ``leaky``). Values: the slope is exactly 1/5 (``x / 5`` correctly rounded),
+    80.7 -> 50.0 MB for the growth layout M = 6 at batch 1024 (docs/PERFORMANCE.md, *Memory
+    of the step*). Values: the slope is exactly 1/5 (``x / 5`` correctly rounded),
     where ``nn.leaky_relu(x, 0.2)`` multiplies by float32(0.2); they differ by at most one
     unit in the last place, below zero (tests/test_networks_equivalence.py)."""
     return x / jnp.where(x >= 0, 1.0, 1.0 / LEAKY_SLOPE).astype(x.dtype)
