@@ -39,7 +39,7 @@ import optax  # noqa: E402
 from jax.flatten_util import ravel_pytree  # noqa: E402
 
 import bench_train as bt  # noqa: E402  (also puts the repository root on sys.path)
-from crl_jax import experiment, host_memory, parallel, steps, train  # noqa: E402
+from crl_jax import experiment, parallel, steps, train  # noqa: E402
 
 PROGRAMS = ("optax", "flat", "stream")
 
@@ -105,7 +105,7 @@ def runners_for(model: str, seeds: int, args) -> tuple[dict, int]:
 
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
-    malloc = host_memory.tune_malloc() if args.malloc_tuning == "on" else None
+    malloc, dispatch = bt.apply_host_settings(args)
     rows = []
     for s in args.seeds_list:
         runners, n_params = runners_for(args.model, s, args)
@@ -125,7 +125,8 @@ def main(argv=None) -> list[dict]:
         with open(args.out, "w") as f:
             json.dump({"info": {"device": str(jax.devices()[0]), "jax": jax.__version__,
                                 "argv": sys.argv[1:] if argv is None else list(argv),
-                                "malloc_tuning": malloc}, "rows": rows}, f, indent=1)
+                                "malloc_tuning": malloc,
+                                "cpu_dispatch": dispatch["dispatch"]}, "rows": rows}, f, indent=1)
         print(f"wrote {args.out}")
     return rows
 

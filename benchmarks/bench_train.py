@@ -534,7 +534,8 @@ def section_devices(args) -> list[dict]:
             cmd = [sys.executable, os.path.abspath(__file__), "--_devices_worker", str(n),
                    f"--devices_batch={args.devices_batch}", f"--rounds={args.rounds}",
                    f"--steps={args.steps}", f"--budget={args.budget}",
-                   f"--data_dir={args.data_dir}", f"--malloc_tuning={args.malloc_tuning}"]
+                   f"--data_dir={args.data_dir}", f"--malloc_tuning={args.malloc_tuning}",
+                   f"--cpu_dispatch={args.cpu_dispatch}"]
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
             if proc.returncode != 0:
                 raise RuntimeError(f"devices worker N={n} failed:\n{proc.stderr[-3000:]}")
@@ -893,7 +894,8 @@ def print_tables(results: dict) -> None:
 
 
 def add_host_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--data_dir`` and ``--malloc_tuning`` (bench_train, profile_step, bench_optimizer)."""
+    """``--data_dir``, ``--malloc_tuning`` and ``--cpu_dispatch`` (bench_train, profile_step,
+    bench_optimizer; :func:`apply_host_settings` applies the last two)."""
     parser.add_argument("--data_dir", default=default_data_dir(),
                         help="folder with mnist/ and fashion-mnist/ (default $CRL_JAX_DATA_DIR "
                              "or ../shared/data)")
@@ -901,6 +903,27 @@ def add_host_arguments(parser: argparse.ArgumentParser) -> None:
                         help="'on' (as training does): host_memory.tune_malloc(), so a step's "
                              "temporaries are reused instead of page-faulted every step; "
                              "'off': glibc's defaults")
+    parser.add_argument("--cpu_dispatch", default=None, choices=host_memory.DISPATCH_MODES,
+                        help="'inline' (as training does, unless $CRL_JAX_CPU_DISPATCH says "
+                             "otherwise): single-device CPU steps run on the calling thread; "
+                             "'async': JAX's default, on a worker thread "
+                             "(host_memory.set_cpu_dispatch)")
+
+
+def apply_host_settings(args) -> tuple[dict, dict]:
+    """``(malloc, dispatch)``: :func:`host_memory.tune_malloc` unless ``--malloc_tuning=off``
+    and :func:`host_memory.set_cpu_dispatch` with ``--cpu_dispatch``, before any JAX work.
+    An explicit ``--cpu_dispatch`` that could not be applied (JAX's backend already started,
+    as when ``main`` is called from a test) is an error: the numbers would not be of the mode
+    asked for; the default then runs with the backend's mode and says which."""
+    malloc = (host_memory.tune_malloc() if args.malloc_tuning == "on"
+              else {"applied": False, "reason": "--malloc_tuning=off"})
+    dispatch = host_memory.set_cpu_dispatch(args.cpu_dispatch)
+    if not dispatch["applied"]:
+        if args.cpu_dispatch is not None:
+            raise RuntimeError(f"--cpu_dispatch={args.cpu_dispatch}: {dispatch['reason']}")
+        print(f"note: CPU dispatch {dispatch['dispatch']!r} ({dispatch['reason']})", flush=True)
+    return malloc, dispatch
 
 
 def parse_seed_counts(parser: argparse.ArgumentParser, flag: str, text: str) -> list[int]:
@@ -1004,8 +1027,8 @@ def parse_args(argv=None):
 def main(argv=None) -> dict:
     args = parse_args(argv)
     jax.config.update("jax_enable_compilation_cache", False)  # real compile times
-    malloc = (host_memory.tune_malloc() if args.malloc_tuning == "on"
-              else {"applied": False, "reason": "--malloc_tuning=off"})
+    malloc, dispatch = apply_host_settings(args)
+    args.cpu_dispatch = dispatch["dispatch"]   # the mode in effect (for the devices workers)
     if args._devices_worker:
         print(json.dumps(devices_row(args._devices_worker, args)))
         return {}
@@ -1017,9 +1040,11 @@ def main(argv=None) -> dict:
         "jax": jax.__version__, "python": platform.python_version(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "load_avg_at_start": os.getloadavg(), "malloc_tuning": malloc,
+        "cpu_dispatch": dispatch["dispatch"],
     }
     print(f"{dev.platform} {dev.device_kind} x{jax.device_count()}, {os.cpu_count()} CPUs, "
-          f"load {info['load_avg_at_start'][0]:.1f}, XLA_FLAGS={info['xla_flags']!r}", flush=True)
+          f"load {info['load_avg_at_start'][0]:.1f}, CPU dispatch {info['cpu_dispatch']}, "
+          f"XLA_FLAGS={info['xla_flags']!r}", flush=True)
     results = {}
     t0 = time.time()
     for name in args.sections:

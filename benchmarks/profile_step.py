@@ -41,7 +41,6 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 import bench_train as bt  # noqa: E402  (also puts the repository root on sys.path)
-from crl_jax import host_memory  # noqa: E402
 
 _INSTRUCTION = re.compile(r'\s*(?:ROOT )?%([\w.\-]+) = .*?\s([\w\-]+)\((?:.*?op_name="([^"]*)")?')
 _COMPUTATION = re.compile(r"^(?:ENTRY )?%([\w.\-]+) .*\{\s*$")
@@ -265,7 +264,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
-    malloc = host_memory.tune_malloc() if args.malloc_tuning == "on" else None
+    malloc, dispatch = bt.apply_host_settings(args)
     rows = []
     for s in args.seeds_list:
         rows.append(profile_seeds(args.model, args.batch, s, args))
@@ -278,7 +277,8 @@ def main(argv=None) -> list[dict]:
         with open(args.out, "w") as f:
             json.dump({"info": {"device": str(jax.devices()[0]), "jax": jax.__version__,
                                 "argv": sys.argv[1:] if argv is None else list(argv),
-                                "malloc_tuning": malloc},
+                                "malloc_tuning": malloc,
+                                "cpu_dispatch": dispatch["dispatch"]},
                        "rows": rows}, f, indent=1)
         print(f"wrote {args.out}")
     return rows

@@ -20,6 +20,19 @@ the temporaries of such a step small.
 
 Process-wide, so it is applied by the entry points (training, sweeps, benchmarks), not on
 import. ``CRL_JAX_MALLOC_TUNING=0`` turns it off. A no-op away from glibc (macOS, musl).
+
+:func:`set_cpu_dispatch` removes that last limit. With JAX's default asynchronous CPU
+dispatch a single-device computation runs on a worker thread, whose allocations come from a
+thread arena: a step with more than 64 MiB of temporaries (numerical_case2 at batch 4096,
+8 modalities at batch 1024) page-faults them every step, and the auto microbatch rule had to
+split such steps. Run inline (``jax_cpu_enable_async_dispatch=False``), the step executes on
+the calling thread, whose allocations come from glibc's main arena, a heap with no such cap:
+8 modalities at batch 1024 took 17,100 faults and 53.7 ms per step asynchronously, 0 and
+39.9 ms inline (docs/PERFORMANCE.md, *Dispatch*). The cost: the step's ~0.4 ms of dispatch
+is no longer overlapped with the previous step, which slows steps of about a millisecond
+(batch 16) and is within the noise from a few milliseconds up (the default synthetic run).
+JAX reads the setting when its CPU backend starts, so the entry points apply it before any
+JAX computation; ``CRL_JAX_CPU_DISPATCH=async`` keeps JAX's default.
 """
 from __future__ import annotations
 
@@ -36,6 +49,10 @@ _M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD_BYTES = 1 << 30       # allocations up to 1 GiB come from the heap
 TRIM_THRESHOLD_BYTES = 2**31 - 1     # keep up to 2 GiB of freed memory at the heap top
 TOP_PAD_BYTES = 128 << 20            # > a thread arena's 64 MiB heap: empty heaps are kept
+
+DISPATCH_ENV = "CRL_JAX_CPU_DISPATCH"
+DISPATCH_MODES = ("inline", "async")
+_JAX_DISPATCH_FLAG = "jax_cpu_enable_async_dispatch"
 
 _applied: dict | None = None
 
@@ -77,3 +94,34 @@ def tune_malloc() -> dict:
                 "top_pad": TOP_PAD_BYTES if ok_pad else None,
                 "reason": "" if ok else "mallopt refused a setting"}
     return _applied
+
+
+def set_cpu_dispatch(mode: str | None = None) -> dict:
+    """Make JAX run single-device CPU computations ``"inline"`` on the calling thread (the
+    default) or ``"async"`` on a worker thread (JAX's default); ``mode=None`` reads
+    ``$CRL_JAX_CPU_DISPATCH``. Call it before the first JAX computation: JAX reads the
+    setting when its CPU backend starts. Returns ``{"dispatch": the mode in effect,
+    "applied": whether it is the one asked for, "reason": why not}``; after the backend has
+    started with the other mode it changes nothing and says so."""
+    source = "mode"
+    if mode is None:
+        mode, source = os.environ.get(DISPATCH_ENV, "inline").strip().lower(), DISPATCH_ENV
+    if mode not in DISPATCH_MODES:
+        raise ValueError(f"{source}={mode!r}: CPU dispatch must be one of {DISPATCH_MODES} "
+                         f"('inline': steps run on the calling thread, the default; 'async': "
+                         f"JAX's default)")
+    import jax
+    from jax._src import xla_bridge
+
+    want_async = mode == "async"
+    current = "async" if jax.config.values[_JAX_DISPATCH_FLAG] else "inline"
+    if current == mode:
+        return {"dispatch": mode, "applied": True, "reason": ""}
+    if xla_bridge.backends_are_initialized():
+        return {"dispatch": current, "applied": False,
+                "reason": f"JAX's backend had already started with {current!r} dispatch (it "
+                          f"reads the setting once, when it starts): call "
+                          f"crl_jax.host_memory.set_cpu_dispatch({mode!r}) before the first "
+                          f"JAX computation"}
+    jax.config.update(_JAX_DISPATCH_FLAG, want_async)
+    return {"dispatch": mode, "applied": True, "reason": ""}

@@ -23,7 +23,7 @@ import time
 
 import jax
 
-from crl_jax import config_validation, experiment, parallel, train
+from crl_jax import config_validation, experiment, host_memory, parallel, train
 from crl_jax.sweeps import aggregate, grid, plots
 
 
@@ -116,6 +116,7 @@ def main(argv):
     if len(argv) > 1:
         raise ValueError(f"Unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)
+    host_memory.set_cpu_dispatch()  # before JAX's backend starts (it reads it then)
     parallel.maybe_initialize_distributed()
     command = "python -m crl_jax.sweep " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     run_sweep(FLAGS.config, FLAGS.workdir, sweep_index=FLAGS.sweep_index,

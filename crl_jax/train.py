@@ -230,6 +230,7 @@ def train_and_evaluate(config, workdir: str, *, stop_after_step=None) -> dict | 
     ``report.json``, ``report.md`` and figures into ``workdir``; returns the report dict
     (``None`` when stopped early by ``stop_after_step``).
     """
+    dispatch = host_memory.set_cpu_dispatch()   # applied here if no JAX work came before
     source = config.data.get("source", "synthetic")
     if source == "personax":
         from crl_jax import personax_crl  # real-data pipeline (no ground truth)
@@ -256,6 +257,7 @@ def train_and_evaluate(config, workdir: str, *, stop_after_step=None) -> dict | 
               "num_seeds": int(config.train.num_seeds), "steps": step,
               "train_seconds": train_seconds, "devices": mesh.devices.size,
               "malloc_tuning": host_memory.tune_malloc(),
+              "cpu_dispatch": dispatch,
               "evaluation": evaluation.evaluate_run(method, state.params, process, config)}
     report["eval_seconds"] = time.time() - t1
     if config.eval.plots and lead_process:

@@ -36,6 +36,8 @@ def test_main_smoke_run_writes_reports_and_plots(tmp_path):
         assert (workdir / name).exists(), name
     report = json.loads((workdir / "report.json").read_text())
     assert report["steps"] == 20 and report["num_seeds"] == 2
+    if "CRL_JAX_CPU_DISPATCH" not in os.environ:   # main applies it before JAX starts
+        assert report["cpu_dispatch"] == {"dispatch": "inline", "applied": True, "reason": ""}
     summary = report["evaluation"]["summary"]
     assert len(summary["mcc_pearson"]["per_seed"]) == 2
     assert 0.0 <= summary["mcc_pearson"]["mean"] <= 1.0
