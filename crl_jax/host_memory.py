@@ -96,6 +96,12 @@ def tune_malloc() -> dict:
     return _applied
 
 
+def cpu_dispatch_mode() -> str:
+    """``"inline"`` or ``"async"``: how JAX dispatches single-device CPU computations now."""
+    import jax
+    return "async" if jax.config.values[_JAX_DISPATCH_FLAG] else "inline"
+
+
 def set_cpu_dispatch(mode: str | None = None) -> dict:
     """Make JAX run single-device CPU computations ``"inline"`` on the calling thread (the
     default) or ``"async"`` on a worker thread (JAX's default); ``mode=None`` reads
@@ -113,8 +119,7 @@ def set_cpu_dispatch(mode: str | None = None) -> dict:
     import jax
     from jax._src import xla_bridge
 
-    want_async = mode == "async"
-    current = "async" if jax.config.values[_JAX_DISPATCH_FLAG] else "inline"
+    current = cpu_dispatch_mode()
     if current == mode:
         return {"dispatch": mode, "applied": True, "reason": ""}
     if xla_bridge.backends_are_initialized():
@@ -123,5 +128,5 @@ def set_cpu_dispatch(mode: str | None = None) -> dict:
                           f"reads the setting once, when it starts): call "
                           f"crl_jax.host_memory.set_cpu_dispatch({mode!r}) before the first "
                           f"JAX computation"}
-    jax.config.update(_JAX_DISPATCH_FLAG, want_async)
+    jax.config.update(_JAX_DISPATCH_FLAG, mode == "async")
     return {"dispatch": mode, "applied": True, "reason": ""}

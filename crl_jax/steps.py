@@ -52,22 +52,28 @@ def create_train_states(method, example_xs, tx, seed: int, num_seeds: int) -> Tr
 
 # Auto microbatching (``train.microbatch_size = -1``, CPU only), measured on the project's
 # 2-core CPU with ``host_memory.tune_malloc`` (docs/PERFORMANCE.md, *The auto rule since
-# tune_malloc*):
-# - one pass while the step's XLA temporaries fit AUTO_MICROBATCH_TEMP_MB: one pass was the
-#   fastest up to 56 MB and chunks won from 74 MB (a thread arena's heap is 64 MiB; one
-#   temporary buffer larger than that is mapped and page-faulted afresh every step), and
-#   splitting below that only costs (chunks of <= 512 rows run their products on one core:
-#   the default run, 41 MB, 105 s in one pass against 122 s in 2 chunks);
-# - above it, the fewest chunks whose share fits AUTO_MICROBATCH_CHUNK_SHARE of it (a
-#   chunked step's own temporaries come out above its share, and chunks near the limit
-#   measured slower than smaller ones);
+# tune_malloc* and *Dispatch*):
+# - one pass while the step's XLA temporaries fit AUTO_MICROBATCH_TEMP_MB: with inline CPU
+#   dispatch (``host_memory.set_cpu_dispatch``, the default) one pass was the fastest or
+#   tied up to 67 MB (8 modalities at batch 1024: 41.7 ms, 2 chunks 44.9) and 1.11x slower
+#   than 4 chunks at 133 MB (numerical_case2 at batch 8192); splitting below that only costs
+#   (chunks of <= 512 rows run their products on one core). With JAX's asynchronous
+#   dispatch the step runs on a worker thread whose arena heap is 64 MiB: a larger buffer
+#   is mapped and page-faulted afresh every step, so there the limit is
+#   AUTO_MICROBATCH_TEMP_MB_ASYNC (one pass fastest up to 56 MB, chunks from 74 MB);
+# - above it, the fewest chunks whose share fits AUTO_MICROBATCH_CHUNK_MB (and at most
+#   AUTO_MICROBATCH_CHUNK_SHARE of the limit): a chunked step's own temporaries come out
+#   above its share, and chunks of ~70 MB measured 6-7 % slower than chunks of 36-38 MB
+#   (batch 8192: 2 / 4 chunks 74.8 / 70.4 ms; 16384: 4 / 8 chunks 148.6 / 138.6 ms);
 # - but no chunk's share below AUTO_MICROBATCH_MIN_SHARE_OVER_PARAMS times the parameters'
 #   bytes: every chunk re-reads the weights and adds its gradient into the accumulator,
 #   passes over the parameters that for the 26 MB conv image model cost more than smaller
 #   chunks save (batch 64: 1 / 2 / 4 / 8 chunks 178 / 157 / 152 / 160 ms; 256: 1 / 4 / 8 /
 #   16 / 32 chunks 770 / 579 / 529 / 553 / 621 ms; 1024: 8 / 16 / 32 / 64 chunks 2.15 /
 #   2.02 / 1.98 / 2.12 s; the rule picks 2, 8 and 32).
-AUTO_MICROBATCH_TEMP_MB = 60.0
+AUTO_MICROBATCH_TEMP_MB = 100.0
+AUTO_MICROBATCH_TEMP_MB_ASYNC = 60.0
+AUTO_MICROBATCH_CHUNK_MB = 45.0
 AUTO_MICROBATCH_CHUNK_SHARE = 0.75
 AUTO_MICROBATCH_MIN_SHARE_OVER_PARAMS = 3.0
 
@@ -87,7 +93,8 @@ def choose_microbatches(temp_bytes: float, batch_size: int, n_devices: int,
 
     One pass when ``temp_bytes`` (the one-pass step's XLA temporaries) fits ``budget_mb``
     (default :data:`AUTO_MICROBATCH_TEMP_MB`); otherwise the fewest chunks whose share of
-    ``temp_bytes`` fits :data:`AUTO_MICROBATCH_CHUNK_SHARE` of it, but no more chunks than
+    ``temp_bytes`` fits :data:`AUTO_MICROBATCH_CHUNK_MB` and
+    :data:`AUTO_MICROBATCH_CHUNK_SHARE` of the budget, but no more chunks than
     keep each share at least :data:`AUTO_MICROBATCH_MIN_SHARE_OVER_PARAMS` x ``param_bytes``
     (the parameters of all seeds). Only counts that split ``batch_size`` into equal chunks
     divisible by ``n_devices`` qualify."""
@@ -98,7 +105,8 @@ def choose_microbatches(temp_bytes: float, batch_size: int, n_devices: int,
         raise ValueError(f"batch_size={batch_size} does not split over {n_devices} devices")
     if temp_bytes <= budget_mb * 2**20:
         return valid[0]
-    need = max(2, int(math.ceil(temp_bytes / (AUTO_MICROBATCH_CHUNK_SHARE * budget_mb * 2**20))))
+    chunk_mb = min(AUTO_MICROBATCH_CHUNK_MB, AUTO_MICROBATCH_CHUNK_SHARE * budget_mb)
+    need = max(2, int(math.ceil(temp_bytes / (chunk_mb * 2**20))))
     floor_bytes = AUTO_MICROBATCH_MIN_SHARE_OVER_PARAMS * param_bytes
     most = int(temp_bytes // floor_bytes) if floor_bytes > 0 else batch_size
     allowed = [n for n in valid if n <= max(most, 1)] or valid[:1]

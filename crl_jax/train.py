@@ -119,7 +119,8 @@ def resolve_microbatches(config, method, mesh, state, batch,
     """Chunks per step for ``train.microbatch_size`` (0 -> 1; N -> batch_size / N).
 
     ``-1`` (auto): on CPU, compile the one-pass step, read the size of its XLA temporaries
-    and keep one pass while they fit ``steps.AUTO_MICROBATCH_TEMP_MB``, else split the batch
+    and keep one pass while they fit ``steps.AUTO_MICROBATCH_TEMP_MB`` (with asynchronous
+    CPU dispatch ``steps.AUTO_MICROBATCH_TEMP_MB_ASYNC``, host_memory), else split the batch
     into chunks small enough for the cache but not so many that the per-chunk passes over
     the parameters dominate (``steps.choose_microbatches``; measured on the project's CPU,
     see host_memory); on GPU/TPU one pass (there chunking only serialises work the device
@@ -138,8 +139,10 @@ def resolve_microbatches(config, method, mesh, state, batch,
         memory = jit_train_step(method, mesh).lower(state, batch).compile().memory_analysis()
         temp = float(getattr(memory, "temp_size_in_bytes", 0) or 0)
     param_bytes = sum(x.nbytes for x in jax.tree.leaves(state.params))
+    budget = (steps.AUTO_MICROBATCH_TEMP_MB_ASYNC if host_memory.cpu_dispatch_mode() == "async"
+              else steps.AUTO_MICROBATCH_TEMP_MB)
     n = steps.choose_microbatches(temp, int(config.train.batch_size), mesh.devices.size,
-                                  param_bytes=param_bytes)
+                                  budget_mb=budget, param_bytes=param_bytes)
     if jax.process_index() == 0:
         print(f"train.microbatch_size=-1 (auto): the one-pass step needs {temp / 2**20:.0f} MB "
               f"of temporaries; {n} chunk(s) of {int(config.train.batch_size) // n} per step",

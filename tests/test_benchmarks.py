@@ -19,6 +19,7 @@ SCRIPT = textwrap.dedent("""
     sys.path.insert(0, "benchmarks")
     from crl_jax import steps
     steps.AUTO_MICROBATCH_TEMP_MB = 0.25   # force chunks at small batches
+    steps.AUTO_MICROBATCH_TEMP_MB_ASYNC = 0.25
     steps.AUTO_MICROBATCH_MIN_SHARE_OVER_PARAMS = 0.0
     import bench_train
     bench_train.main(sys.argv[1:])

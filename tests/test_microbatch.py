@@ -8,7 +8,8 @@ import optax
 import pytest
 
 from configs import synthetic as synthetic_config
-from crl_jax import config_validation, experiment, input_pipeline, methods, parallel, steps, train
+from crl_jax import (config_validation, experiment, host_memory, input_pipeline, methods, parallel,
+                     steps, train)
 from crl_jax.methods.base import Method
 
 
@@ -136,15 +137,21 @@ def test_invalid_microbatch_size_is_one_clear_error(value, devices, match):
 
 def test_choose_microbatches_one_pass_under_budget_then_chunks_under_their_share():
     mb = 2**20
-    assert steps.AUTO_MICROBATCH_TEMP_MB == 60.0 and steps.AUTO_MICROBATCH_CHUNK_SHARE == 0.75
-    # the cases measured in docs/PERFORMANCE.md (*Microbatching*), default budget:
-    assert steps.choose_microbatches(41 * mb, 512, 1) == 1     # default run, 3 seeds x 512
-    assert steps.choose_microbatches(56 * mb, 1024, 1) == 1    # M = 4 at batch 1024
-    assert steps.choose_microbatches(60 * mb, 1024, 1) == 1    # at the budget: one pass
-    assert steps.choose_microbatches(74 * mb, 1024, 1) == 2    # K = 8: shares of 37 MB
-    assert steps.choose_microbatches(83 * mb, 1024, 1) == 2    # M = 6: 41.5 MB <= 45
-    assert steps.choose_microbatches(110 * mb, 1024, 1) == 4   # M = 8: 55 MB > 45
-    assert steps.choose_microbatches(110 * mb, 4096, 1) == 4   # numerical_case2 at 4096
+    assert (steps.AUTO_MICROBATCH_TEMP_MB, steps.AUTO_MICROBATCH_TEMP_MB_ASYNC,
+            steps.AUTO_MICROBATCH_CHUNK_MB, steps.AUTO_MICROBATCH_CHUNK_SHARE) == (
+        100.0, 60.0, 45.0, 0.75)
+    # the cases measured in docs/PERFORMANCE.md (*Dispatch*), default budget (inline):
+    assert steps.choose_microbatches(26 * mb, 512, 1) == 1     # default run, 3 seeds x 512
+    assert steps.choose_microbatches(67 * mb, 1024, 1) == 1    # M = 8 at batch 1024
+    assert steps.choose_microbatches(67 * mb, 4096, 1) == 1    # numerical_case2 at 4096
+    assert steps.choose_microbatches(100 * mb, 1024, 1) == 1   # at the budget: one pass
+    assert steps.choose_microbatches(133 * mb, 8192, 1) == 4   # 3 does not split 8192
+    assert steps.choose_microbatches(266 * mb, 16384, 1) == 8  # shares of 33 MB <= 45
+    # asynchronous dispatch's budget (*The auto rule since tune_malloc*)
+    assert steps.choose_microbatches(60 * mb, 1024, 1, budget_mb=60) == 1
+    assert steps.choose_microbatches(74 * mb, 1024, 1, budget_mb=60) == 2    # shares of 37
+    assert steps.choose_microbatches(83 * mb, 1024, 1, budget_mb=60) == 2    # 41.5 <= 45
+    assert steps.choose_microbatches(110 * mb, 1024, 1, budget_mb=60) == 4   # 55 > 45
     # an explicit budget: one pass up to it, then chunks of at most 0.75 of it
     assert steps.choose_microbatches(32 * mb, 512, 1, budget_mb=32) == 1
     assert steps.choose_microbatches(33 * mb, 512, 1, budget_mb=32) == 2
@@ -169,12 +176,13 @@ def test_choose_microbatches_keeps_chunks_large_against_the_parameters():
     assert steps.choose_microbatches(110 * mb, 4096, 1, param_bytes=0.86 * mb) == 4
     assert steps.choose_microbatches(110 * mb, 512, 1, param_bytes=8 * 0.86 * mb) == 4
     # parameters as large as the temporaries: one chunk is all the cap allows
-    assert steps.choose_microbatches(100 * mb, 64, 1, param_bytes=50 * mb) == 1
+    assert steps.choose_microbatches(150 * mb, 64, 1, param_bytes=50 * mb) == 1
     # the cap counts only counts the devices allow (8 devices: 1, 2, 4, 8 for 64 rows)
     assert steps.choose_microbatches(700 * mb, 64, 8, param_bytes=40 * mb) == 4
 
 
-def test_resolve_microbatches_explicit_and_auto(capsys):
+def test_resolve_microbatches_explicit_and_auto(capsys, monkeypatch):
+    monkeypatch.setattr(host_memory, "cpu_dispatch_mode", lambda: "inline")
     config, method, mesh, source, layout = _personax(batch_size=48)
     state = train.init_state(method, config, mesh, layout)
     config.train.microbatch_size = 0
@@ -197,6 +205,18 @@ def test_resolve_microbatches_explicit_and_auto(capsys):
     assert n_floor == 1
     assert n > 1 and 48 % n == 0
     assert "(auto)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("dispatch, expected", [("inline", 1), ("async", 2)])
+def test_auto_budget_follows_the_cpu_dispatch(monkeypatch, dispatch, expected):
+    """80 MB of temporaries: one pass inline (the main arena reuses them), 2 chunks with
+    asynchronous dispatch (above a worker thread's 64 MiB arena heap)."""
+    config, method, mesh, source, layout = _personax(batch_size=48)
+    state = train.init_state(method, config, mesh, layout)
+    config.train.microbatch_size = -1
+    monkeypatch.setattr(host_memory, "cpu_dispatch_mode", lambda: dispatch)
+    assert train.resolve_microbatches(config, method, mesh, state, source(0),
+                                      one_pass_temp_bytes=80 * 2**20) == expected
 
 
 def test_training_with_microbatches_runs_and_learns(tmp_path):
