@@ -1,6 +1,8 @@
 """Cost of sampling inside the training loop: steps/s of the jitted train step fed a fresh
 sampled batch every step (``input_pipeline.BatchSource``, as ``train.train`` does) against the
-same step fed one fixed batch, numerical_case2, one seed, interleaved over 5 rounds.
+same step fed one fixed batch, numerical_case2, one seed, interleaved over 5 rounds, with
+the host settings training uses (``host_memory.tune_malloc``, inline CPU dispatch; see
+``--malloc_tuning`` and ``--cpu_dispatch``).
 
     python benchmarks/bench_sampling_in_loop.py
     python benchmarks/bench_sampling_in_loop.py --prefetch_steps=1   # one sampler call per step
@@ -20,9 +22,12 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--prefetch_steps", type=int, default=8)
     p.add_argument("--batch_sizes", default="256,1024,4096")
+    bt.add_host_arguments(p)
     a = p.parse_args(argv)
-    args = bt.parse_args(["--sections=throughput"])
-    print(f"load average at start {os.getloadavg()[0]:.1f}; train.prefetch_steps={a.prefetch_steps}")
+    args = bt.parse_args(["--sections=throughput", f"--malloc_tuning={a.malloc_tuning}"])
+    _, dispatch = bt.apply_host_settings(a)
+    print(f"load average at start {os.getloadavg()[0]:.1f}; train.prefetch_steps={a.prefetch_steps}"
+          f"; CPU dispatch {dispatch['dispatch']}")
     for batch in (int(b) for b in a.batch_sizes.split(",")):
         config, method, mesh, source, layout = bt.setup_model(
             "numerical_case2", args, batch, prefetch_steps=a.prefetch_steps)
