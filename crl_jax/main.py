@@ -7,7 +7,7 @@ from __future__ import annotations
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from crl_jax import host_memory, parallel, train
+from crl_jax import parallel, train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -27,7 +27,6 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)  # keep Orbax's per-save INFO lines off the console
-    host_memory.set_cpu_dispatch()  # before JAX's backend starts (it reads it then)
     parallel.maybe_initialize_distributed(FLAGS.coordinator, FLAGS.num_processes,
                                           FLAGS.process_id)
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)

@@ -233,7 +233,9 @@ def train_and_evaluate(config, workdir: str, *, stop_after_step=None) -> dict | 
     ``report.json``, ``report.md`` and figures into ``workdir``; returns the report dict
     (``None`` when stopped early by ``stop_after_step``).
     """
-    dispatch = host_memory.set_cpu_dispatch()   # applied here if no JAX work came before
+    # first, before any JAX work: JAX reads it when its backend starts (crl_jax.main calls
+    # nothing in JAX before this; from a notebook it applies if nothing ran before)
+    dispatch = host_memory.set_cpu_dispatch()
     source = config.data.get("source", "synthetic")
     if source == "personax":
         from crl_jax import personax_crl  # real-data pipeline (no ground truth)
