@@ -61,6 +61,11 @@ def validate(config, n_devices: int) -> None:
                  f"{micro} is not divisible by the {n_devices} devices of the data mesh "
                  f"(every chunk is spread over all devices); use a multiple of {n_devices}")
     _require(int(t.log_every) >= 1, "train.log_every", "must be >= 1")
+    per_call = int(t.get("steps_per_call", 1))
+    _require(per_call >= 1, "train.steps_per_call", f"must be >= 1, got {per_call}")
+    _require(int(t.log_every) % per_call == 0, "train.steps_per_call",
+             f"{per_call} does not divide train.log_every={t.log_every} (metrics are checked "
+             f"between calls); use a divisor of it, or 1")
     _require(int(t.checkpoint_every) >= 1 and int(t.checkpoint_every) % int(t.log_every) == 0,
              "train.checkpoint_every",
              f"must be a positive multiple of train.log_every ({t.log_every}) so that every "

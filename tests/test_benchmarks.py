@@ -305,3 +305,17 @@ def test_bench_changes_leaky_compares_the_two_activations(tmp_path):
     assert json.loads(out.read_text())["changes"][0]["change"] == "leaky"
     with pytest.raises(SystemExit):
         bench_changes.main(["--changes=leaky", "--leaky_cases=M2"])
+
+
+def test_bench_steps_per_call_tiny_run(tmp_path):
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import bench_steps_per_call
+    out = tmp_path / "spc.json"
+    rows = bench_steps_per_call.main(["--batch=8", "--seeds_list=1", "--per_call_list=1,2",
+                                      "--steps=30", "--log_every=10", f"--out={out}"])
+    assert [(r["seeds"], r["steps_per_call"]) for r in rows] == [(1, 1), (1, 2)]
+    assert all(r["steps"] == 30 and 0 < r["ms_per_step_best"] <= r["ms_per_step_median"]
+               for r in rows)
+    assert json.loads(out.read_text())["rows"] == rows
+    with pytest.raises(SystemExit):   # 3 does not divide --log_every
+        bench_steps_per_call.parse_args(["--per_call_list=3", "--log_every=10"])

@@ -76,6 +76,38 @@ def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path):
     assert [json.loads(line)["step"] for line in lines] == [5, 10, 15, 20]
 
 
+def test_several_steps_per_call_train_the_same_model(tmp_path, monkeypatch):
+    """train.steps_per_call = 4: the same steps as one per call (a lax.scan of the same
+    step), 4 per dispatch where they fit, single steps up to a stop that is not a multiple;
+    and a run stopped there and resumed matches."""
+    config = _smoke(steps=20, log_every=4, checkpoint_every=8)
+    single, _ = _final_params(config, tmp_path / "one")
+    calls = []
+    real = train.jit_train_steps
+
+    def counting(*args):
+        fn = real(*args)
+        return lambda state, batches: (calls.append(len(batches)), fn(state, batches))[1]
+
+    monkeypatch.setattr(train, "jit_train_steps", counting)
+    config.train.steps_per_call = 4
+    several, step = _final_params(config, tmp_path / "four")
+    assert step == 20 and calls == [4] * 5
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+                           single, several)
+    lines = (tmp_path / "four" / "metrics.jsonl").read_text().strip().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [4, 8, 12, 16, 20]
+    one_log = json.loads((tmp_path / "one" / "metrics.jsonl").read_text().splitlines()[0])
+    assert json.loads(lines[0])["loss"] == pytest.approx(one_log["loss"], rel=1e-5)
+    calls.clear()
+    _, step = _final_params(config, tmp_path / "stopped", stop_after_step=10)
+    assert step == 10 and calls == [4, 4]          # steps 9 and 10 one at a time
+    resumed, step = _final_params(config, tmp_path / "stopped")
+    assert step == 20 and calls == [4, 4, 4, 4]    # 11, 12 single; 13-16, 17-20
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+                           single, resumed)
+
+
 def test_nan_stops_training_and_keeps_last_good_checkpoint(tmp_path):
     config = _smoke(steps=20, log_every=5, checkpoint_every=5)
     _final_params(config, tmp_path, stop_after_step=10)
@@ -98,6 +130,9 @@ def test_nan_stops_training_and_keeps_last_good_checkpoint(tmp_path):
     ("loss.beta", -1.0, "config.loss.beta"),
     ("train.warmup_steps", 30, "config.train.warmup_steps.*train.steps=30"),  # smoke: 30 steps
     ("train.warmup_steps", -1, "config.train.warmup_steps: must be >= 0"),
+    ("train.steps_per_call", 3, "config.train.steps_per_call: 3 does not divide "
+                                "train.log_every=10"),
+    ("train.steps_per_call", 0, "config.train.steps_per_call: must be >= 1"),
 ])
 def test_bad_config_fails_in_validation_naming_the_field(field, value, match):
     config = _smoke()

@@ -1,0 +1,94 @@
+"""The training loop's time per step with ``train.steps_per_call`` steps per dispatch.
+
+Runs ``train.train`` (sampler, metrics, checkpoints: the real loop) on the synthetic default
+(numerical_case1) at a small batch, for each seed count and each steps-per-call value, and
+reports the median and best time per step over the logged windows (``steps_per_sec`` in
+``metrics.jsonl``; the first two windows, with compilation, are left out). Host settings as
+training (``--malloc_tuning``, ``--cpu_dispatch``). Why: a dispatch costs ~0.4 ms on the
+project's CPU, most of a step of about a millisecond; a ``lax.scan`` of several steps pays
+it once (docs/PERFORMANCE.md, *Dispatch*).
+
+    python benchmarks/bench_steps_per_call.py --out=benchmarks/results/bench_steps_per_call_cpu.json
+    python benchmarks/bench_steps_per_call.py --cpu_dispatch=async
+"""
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_train as bt  # noqa: E402  (also puts the repository root on sys.path)
+
+
+def run(batch: int, seeds: int, per_call: int, steps: int, log_every: int) -> dict:
+    from configs import synthetic
+    from crl_jax import experiment, input_pipeline, parallel, train
+
+    config = synthetic.get_config()
+    config.train.update(batch_size=batch, num_seeds=seeds, steps=steps, progress=False,
+                        log_every=log_every, checkpoint_every=steps, steps_per_call=per_call)
+    config.train.warmup_steps = min(int(config.train.warmup_steps), steps // 10)
+    config.eval.plots = False
+    with tempfile.TemporaryDirectory() as workdir:
+        process, method, mesh = train.setup(config, workdir)
+        source = input_pipeline.BatchSource.from_process(process, config.data, config.train,
+                                                         parallel.batch_sharding(mesh))
+        t0 = time.perf_counter()
+        train.train(config, workdir, method, mesh, source, experiment.data_layout(process.spec))
+        wall = time.perf_counter() - t0
+        with open(os.path.join(workdir, "metrics.jsonl")) as f:
+            rates = [json.loads(line)["steps_per_sec"] for line in f][2:]
+    ms = 1e3 / np.asarray(rates)
+    return {"batch": batch, "seeds": seeds, "steps_per_call": per_call, "steps": steps,
+            "ms_per_step_median": float(np.median(ms)), "ms_per_step_best": float(ms.min()),
+            "wall_s": wall}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--seeds_list", default="1,8")
+    p.add_argument("--per_call_list", default="1,8")
+    p.add_argument("--steps", type=int, default=4000)
+    p.add_argument("--log_every", type=int, default=200)
+    p.add_argument("--out", default=None)
+    bt.add_host_arguments(p)
+    args = p.parse_args(argv)
+    args.seeds_list = bt.parse_seed_counts(p, "--seeds_list", args.seeds_list)
+    args.per_call_list = bt._ints(args.per_call_list)
+    bad = [n for n in args.per_call_list if n < 1 or args.log_every % n]
+    if bad:
+        p.error(f"--per_call_list: {bad} must be >= 1 and divide --log_every={args.log_every}")
+    if args.steps < 3 * args.log_every:
+        p.error(f"--steps={args.steps} must be at least 3 x --log_every={args.log_every} "
+                f"(the first two windows, with compilation, are not counted)")
+    return args
+
+
+def main(argv=None) -> list[dict]:
+    args = parse_args(argv)
+    malloc, dispatch = bt.apply_host_settings(args)
+    rows = []
+    for seeds in args.seeds_list:
+        for per_call in args.per_call_list:
+            rows.append(run(args.batch, seeds, per_call, args.steps, args.log_every))
+            r = rows[-1]
+            print(f"batch {r['batch']}, {seeds} seed(s), {per_call} step(s) per call: "
+                  f"{r['ms_per_step_median']:.3f} ms/step median, {r['ms_per_step_best']:.3f} "
+                  f"best ({dispatch['dispatch']} dispatch)", flush=True)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"info": {"argv": sys.argv[1:] if argv is None else list(argv),
+                                "malloc_tuning": malloc, "cpu_dispatch": dispatch["dispatch"],
+                                "load_avg_at_end": os.getloadavg()}, "rows": rows}, f, indent=1)
+        print(f"wrote {args.out}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
