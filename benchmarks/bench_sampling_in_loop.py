@@ -24,7 +24,7 @@ def main(argv=None):
     p.add_argument("--batch_sizes", default="256,1024,4096")
     bt.add_host_arguments(p)
     a = p.parse_args(argv)
-    args = bt.parse_args(["--sections=throughput", f"--malloc_tuning={a.malloc_tuning}"])
+    args = bt.parse_args(["--sections=throughput"])   # setup_model's defaults
     _, dispatch = bt.apply_host_settings(a)
     print(f"load average at start {os.getloadavg()[0]:.1f}; train.prefetch_steps={a.prefetch_steps}"
           f"; CPU dispatch {dispatch['dispatch']}")

@@ -110,26 +110,30 @@ def init_state(method, config, mesh, data_layout):
     return jax.device_put(state, parallel.replicated(mesh))
 
 
+def _jit_on_mesh(fn, mesh):
+    """``fn(state, batches)`` jitted with the state replicated (and donated) and the batch
+    data sharded over ``mesh``."""
+    repl, batch = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+    return jax.jit(fn, in_shardings=(repl, batch), out_shardings=(repl, repl),
+                   donate_argnums=(0,))
+
+
 def jit_train_step(method, mesh, microbatches: int = 1):
-    repl, batch = parallel.replicated(mesh), parallel.batch_sharding(mesh)
-    return jax.jit(steps.make_train_step(method, microbatches), in_shardings=(repl, batch),
-                   out_shardings=(repl, repl), donate_argnums=(0,))
+    return _jit_on_mesh(steps.make_train_step(method, microbatches), mesh)
 
 
-def jit_train_steps(method, mesh, microbatches: int, n: int):
-    """``n`` train steps in one call: ``(state, (batch_1, ..., batch_n)) -> (state, terms)``
-    with each term stacked over the steps. One ``lax.scan`` of the same step, so a step costs
-    one dispatch in ``n`` (the dispatch, ~0.4 ms on the project's CPU, is most of a step of
-    about a millisecond; ``train.steps_per_call``)."""
-    repl, batch = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+def jit_train_steps(method, mesh, microbatches: int = 1):
+    """Several train steps in one call: ``(state, (batch_1, ..., batch_n)) -> (state,
+    terms)`` with each term stacked over the n steps. One ``lax.scan`` of the same step, so
+    a step costs one dispatch in n (the dispatch, ~0.4 ms on the project's CPU, is most of a
+    step of about a millisecond; ``train.steps_per_call``)."""
     step = steps.make_train_step(method, microbatches)
 
     def many(state, batches):
         stacked = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *batches)
         return jax.lax.scan(step, state, stacked)
 
-    return jax.jit(many, in_shardings=(repl, batch), out_shardings=(repl, repl),
-                   donate_argnums=(0,))
+    return _jit_on_mesh(many, mesh)
 
 
 def resolve_microbatches(config, method, mesh, state, batch,
@@ -187,7 +191,7 @@ def train(config, workdir: str, method, mesh, batches, data_layout, *,
     microbatches = resolve_microbatches(config, method, mesh, state, batches(step))
     train_step = jit_train_step(method, mesh, microbatches)
     per_call = int(t_cfg.get("steps_per_call", 1))
-    train_steps = jit_train_steps(method, mesh, microbatches, per_call) if per_call > 1 else None
+    train_steps = jit_train_steps(method, mesh, microbatches) if per_call > 1 else None
     last = total if stop_after_step is None else min(total, int(stop_after_step))
     sync_each_step = parallel.needs_step_sync(mesh)
     writer = _SummaryWriter(workdir, resume_step=step)
