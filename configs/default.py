@@ -59,8 +59,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.train.prefetch_steps = 8            # batches drawn per sampler call (same batches)
     config.train.microbatch_size = 0           # >0: accumulate gradients over chunks of this
                                                # size (small chunks avoid page faults on CPU)
-    config.train.steps_per_call = 1            # >1: that many steps per dispatch (lax.scan);
-    #                                            for steps of ~1 ms, see docs/PERFORMANCE.md
+    config.train.steps_per_call = -1           # steps per dispatch (one lax.scan); -1: the
+    #                                            largest divisor of log_every up to 10; 1: one
+    #                                            step per call (docs/PERFORMANCE.md, Dispatch)
     config.train.log_every = 100
     config.train.checkpoint_every = 1000
     config.train.keep_checkpoints = 2

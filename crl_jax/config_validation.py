@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import synthetic
-from crl_jax import methods
+from crl_jax import methods, steps
 from crl_jax.models import networks, vae
 
 
@@ -62,10 +62,12 @@ def validate(config, n_devices: int) -> None:
                  f"(every chunk is spread over all devices); use a multiple of {n_devices}")
     _require(int(t.log_every) >= 1, "train.log_every", "must be >= 1")
     per_call = int(t.get("steps_per_call", 1))
-    _require(per_call >= 1, "train.steps_per_call", f"must be >= 1, got {per_call}")
-    _require(int(t.log_every) % per_call == 0, "train.steps_per_call",
+    _require(per_call >= 1 or per_call == -1, "train.steps_per_call",
+             f"must be >= 1, or -1 for the automatic choice, got {per_call}")
+    _require(per_call == -1 or int(t.log_every) % per_call == 0, "train.steps_per_call",
              f"{per_call} does not divide train.log_every={t.log_every} (metrics are checked "
-             f"between calls); use a divisor of it, or 1")
+             f"between calls); use a divisor of it, 1, or -1 (auto: the largest divisor up "
+             f"to {steps.AUTO_STEPS_PER_CALL})")
     _require(int(t.checkpoint_every) >= 1 and int(t.checkpoint_every) % int(t.log_every) == 0,
              "train.checkpoint_every",
              f"must be a positive multiple of train.log_every ({t.log_every}) so that every "

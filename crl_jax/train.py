@@ -110,10 +110,10 @@ def init_state(method, config, mesh, data_layout):
     return jax.device_put(state, parallel.replicated(mesh))
 
 
-def _jit_on_mesh(fn, mesh):
+def _jit_on_mesh(fn, mesh, batch_axis: int = 1):
     """``fn(state, batches)`` jitted with the state replicated (and donated) and the batch
-    data sharded over ``mesh``."""
-    repl, batch = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+    data sharded over ``mesh`` along ``batch_axis``."""
+    repl, batch = parallel.replicated(mesh), parallel.batch_sharding(mesh, batch_axis)
     return jax.jit(fn, in_shardings=(repl, batch), out_shardings=(repl, repl),
                    donate_argnums=(0,))
 
@@ -123,17 +123,14 @@ def jit_train_step(method, mesh, microbatches: int = 1):
 
 
 def jit_train_steps(method, mesh, microbatches: int = 1):
-    """Several train steps in one call: ``(state, (batch_1, ..., batch_n)) -> (state,
-    terms)`` with each term stacked over the n steps. One ``lax.scan`` of the same step, so
-    a step costs one dispatch in n (the dispatch, ~0.4 ms on the project's CPU, is most of a
-    step of about a millisecond; ``train.steps_per_call``)."""
+    """Several train steps in one call: ``(state, stacked) -> (state, terms)``, ``stacked``
+    the n steps' batches on a leading axis (``BatchSource.stacked``), each term stacked over
+    the n steps. One ``lax.scan`` of the same step, so a step costs one dispatch in n (the
+    dispatch, ~0.4 ms on the project's CPU, is most of a step of about a millisecond;
+    ``train.steps_per_call``)."""
     step = steps.make_train_step(method, microbatches)
-
-    def many(state, batches):
-        stacked = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *batches)
-        return jax.lax.scan(step, state, stacked)
-
-    return _jit_on_mesh(many, mesh)
+    return _jit_on_mesh(lambda state, stacked: jax.lax.scan(step, state, stacked), mesh,
+                        batch_axis=2)
 
 
 def resolve_microbatches(config, method, mesh, state, batch,
@@ -190,7 +187,7 @@ def train(config, workdir: str, method, mesh, batches, data_layout, *,
     total = int(t_cfg.steps)
     microbatches = resolve_microbatches(config, method, mesh, state, batches(step))
     train_step = jit_train_step(method, mesh, microbatches)
-    per_call = int(t_cfg.get("steps_per_call", 1))
+    per_call = steps.resolve_steps_per_call(t_cfg)
     train_steps = jit_train_steps(method, mesh, microbatches) if per_call > 1 else None
     last = total if stop_after_step is None else min(total, int(stop_after_step))
     sync_each_step = parallel.needs_step_sync(mesh)
@@ -204,8 +201,7 @@ def train(config, workdir: str, method, mesh, batches, data_layout, *,
         while step < total:
             if train_steps is not None and step % per_call == 0 and step + per_call <= last:
                 # per_call divides log_every: the checks below fall between calls
-                state, terms = train_steps(state, tuple(batches(step + i)
-                                                        for i in range(per_call)))
+                state, terms = train_steps(state, batches.stacked(step, per_call))
                 step += per_call
             else:   # one step at a time up to the next multiple (a resumed or stopped run)
                 state, terms = train_step(state, batches(step))

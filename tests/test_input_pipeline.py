@@ -58,6 +58,22 @@ def test_batches_do_not_depend_on_how_many_steps_one_call_draws(train_size):
         _source(train_size, prefetch_steps=0)
 
 
+@pytest.mark.parametrize("train_size", [0, 50])
+def test_stacked_batches_are_the_steps_batches(train_size):
+    """stacked(first, n) (one sampler call for a train.steps_per_call dispatch): the batch of
+    each of the n steps on a leading axis, batch axis 2 sharded like the single steps'."""
+    src = _source(train_size, prefetch_steps=3)
+    for first, n in ((0, 4), (6, 2), (2**31 + 1, 5)):
+        stacked = src.stacked(first, n)
+        assert len(stacked) == len(src(first))
+        for m, x in enumerate(stacked):
+            assert x.shape == (n,) + src(first)[m].shape
+            assert tuple(x.sharding.spec) == (None, None, parallel.DATA_AXIS)
+            for i in range(n):
+                np.testing.assert_allclose(np.asarray(x[i]), np.asarray(src(first + i)[m]),
+                                           rtol=1e-6, atol=1e-6)
+
+
 def test_fixed_training_set_batches_only_contain_training_rows():
     src = _source(50)
     train_rows = np.asarray(src.train_set[0]).reshape(50, -1)

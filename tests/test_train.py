@@ -10,7 +10,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import synthetic as synthetic_config
-from crl_jax import config_validation, experiment, input_pipeline, parallel, train
+from crl_jax import config_validation, experiment, input_pipeline, parallel, steps, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -76,20 +76,26 @@ def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path):
     assert [json.loads(line)["step"] for line in lines] == [5, 10, 15, 20]
 
 
-def test_several_steps_per_call_train_the_same_model(tmp_path, monkeypatch):
-    """train.steps_per_call = 4: the same steps as one per call (a lax.scan of the same
-    step), 4 per dispatch where they fit, single steps up to a stop that is not a multiple;
-    and a run stopped there and resumed matches."""
-    config = _smoke(steps=20, log_every=4, checkpoint_every=8)
-    single, _ = _final_params(config, tmp_path / "one")
+def _count_scan_calls(monkeypatch) -> list:
+    """Steps of every ``train.jit_train_steps`` call, appended as the loop makes them."""
     calls = []
     real = train.jit_train_steps
 
     def counting(*args):
         fn = real(*args)
-        return lambda state, batches: (calls.append(len(batches)), fn(state, batches))[1]
+        return lambda state, stacked: (calls.append(stacked[0].shape[0]), fn(state, stacked))[1]
 
     monkeypatch.setattr(train, "jit_train_steps", counting)
+    return calls
+
+
+def test_several_steps_per_call_train_the_same_model(tmp_path, monkeypatch):
+    """train.steps_per_call = 4: the same steps as one per call (a lax.scan of the same
+    step), 4 per dispatch where they fit, single steps up to a stop that is not a multiple;
+    and a run stopped there and resumed matches."""
+    config = _smoke(steps=20, log_every=4, checkpoint_every=8, steps_per_call=1)
+    single, _ = _final_params(config, tmp_path / "one")
+    calls = _count_scan_calls(monkeypatch)
     config.train.steps_per_call = 4
     several, step = _final_params(config, tmp_path / "four")
     assert step == 20 and calls == [4] * 5
@@ -106,6 +112,30 @@ def test_several_steps_per_call_train_the_same_model(tmp_path, monkeypatch):
     assert step == 20 and calls == [4, 4, 4, 4]    # 11, 12 single; 13-16, 17-20
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
                            single, resumed)
+
+
+@pytest.mark.parametrize("log_every,per_call,expected", [
+    (100, -1, 10), (10, -1, 10), (5, -1, 5), (12, -1, 6), (7, -1, 7), (11, -1, 1),
+    (100, 4, 4), (100, None, 1)])
+def test_steps_per_call_auto_is_the_largest_divisor_of_log_every_up_to_10(
+        log_every, per_call, expected):
+    config = _smoke(log_every=log_every, checkpoint_every=log_every)
+    if per_call is None:   # a config saved before the field existed: one step per call
+        del config.train["steps_per_call"]
+    else:
+        config.train.steps_per_call = per_call
+    assert steps.resolve_steps_per_call(config.train) == expected
+    config_validation.validate(config, 1)
+
+
+def test_default_config_dispatches_several_steps_per_call(tmp_path, monkeypatch):
+    """The shipped default (-1) scans log_every's largest divisor up to 10 steps per call:
+    the smoke config's 30 steps, logged every 10, are 3 calls of 10."""
+    calls = _count_scan_calls(monkeypatch)
+    config = _smoke()
+    assert config.train.steps_per_call == -1
+    _, step = _final_params(config, tmp_path)
+    assert step == 30 and calls == [10, 10, 10]
 
 
 def test_nan_stops_training_and_keeps_last_good_checkpoint(tmp_path):
@@ -132,7 +162,8 @@ def test_nan_stops_training_and_keeps_last_good_checkpoint(tmp_path):
     ("train.warmup_steps", -1, "config.train.warmup_steps: must be >= 0"),
     ("train.steps_per_call", 3, "config.train.steps_per_call: 3 does not divide "
                                 "train.log_every=10"),
-    ("train.steps_per_call", 0, "config.train.steps_per_call: must be >= 1"),
+    ("train.steps_per_call", 0, "config.train.steps_per_call: must be >= 1, or -1"),
+    ("train.steps_per_call", -2, "config.train.steps_per_call: must be >= 1, or -1"),
 ])
 def test_bad_config_fails_in_validation_naming_the_field(field, value, match):
     config = _smoke()
