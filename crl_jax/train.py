@@ -144,8 +144,10 @@ def resolve_microbatches(config, method, mesh, state, batch,
     the parameters dominate (``steps.choose_microbatches``; measured on the project's CPU,
     see host_memory); on GPU/TPU one pass (there chunking only serialises work the device
     does in parallel).
-    ``one_pass_temp_bytes``: that size when the caller has compiled the step already (the
-    benchmark), to skip the compile.
+    ``batch``: one step's batch, or a function returning it, called only when the step must
+    be compiled (the loop's: a scanned run would otherwise compile the single-step sampler
+    only for this, ~1 s). ``one_pass_temp_bytes``: that size when the caller has compiled
+    the step already (the benchmark), to skip the compile.
     """
     if int(config.train.get("microbatch_size", 0)) != -1:
         return steps.num_microbatches(config.train)
@@ -155,6 +157,7 @@ def resolve_microbatches(config, method, mesh, state, batch,
         return 1
     temp = one_pass_temp_bytes
     if temp is None:
+        batch = batch() if callable(batch) else batch
         memory = jit_train_step(method, mesh).lower(state, batch).compile().memory_analysis()
         temp = float(getattr(memory, "temp_size_in_bytes", 0) or 0)
     param_bytes = sum(x.nbytes for x in jax.tree.leaves(state.params))
@@ -185,7 +188,7 @@ def train(config, workdir: str, method, mesh, batches, data_layout, *,
     mngr = checkpointing.manager(workdir, t_cfg.keep_checkpoints)
     state, step = checkpointing.restore_latest(mngr, state)
     total = int(t_cfg.steps)
-    microbatches = resolve_microbatches(config, method, mesh, state, batches(step))
+    microbatches = resolve_microbatches(config, method, mesh, state, lambda: batches(step))
     train_step = jit_train_step(method, mesh, microbatches)
     per_call = steps.resolve_steps_per_call(t_cfg)
     train_steps = jit_train_steps(method, mesh, microbatches) if per_call > 1 else None

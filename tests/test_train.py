@@ -130,12 +130,17 @@ def test_steps_per_call_auto_is_the_largest_divisor_of_log_every_up_to_10(
 
 def test_default_config_dispatches_several_steps_per_call(tmp_path, monkeypatch):
     """The shipped default (-1) scans log_every's largest divisor up to 10 steps per call:
-    the smoke config's 30 steps, logged every 10, are 3 calls of 10."""
+    the smoke config's 30 steps, logged every 10, are 3 calls of 10, whose batches come from
+    BatchSource.stacked alone (the single-step sampler, ~1 s to compile, is never used)."""
     calls = _count_scan_calls(monkeypatch)
+    single = []
+    real_call = input_pipeline.BatchSource.__call__
+    monkeypatch.setattr(input_pipeline.BatchSource, "__call__",
+                        lambda self, step: (single.append(step), real_call(self, step))[1])
     config = _smoke()
     assert config.train.steps_per_call == -1
     _, step = _final_params(config, tmp_path)
-    assert step == 30 and calls == [10, 10, 10]
+    assert step == 30 and calls == [10, 10, 10] and single == []
 
 
 def test_nan_stops_training_and_keeps_last_good_checkpoint(tmp_path):
