@@ -89,6 +89,26 @@ def test_leaf_intervals_count_a_loop_through_its_body():
     assert ps.union_ns([(0, 10), (5, 20), (30, 40)]) == 30
 
 
+def test_operations_on_the_calling_thread_are_counted():
+    """With inline dispatch the calling thread runs some of the step's operations: they are
+    grouped like those of XLA's threads; its other events (Python, dispatch) are not runtime."""
+    from types import SimpleNamespace as NS
+
+    def line(name, events):
+        return NS(name=name, events=[NS(start_ns=a, end_ns=b, name=n) for a, b, n in events])
+
+    ins = ps.hlo_instructions(HLO)
+    profile = NS(planes=[NS(name="/host:CPU", lines=[
+        line("python", [(0, 10_000_000, "PjitFunction(train_step)"),
+                        (1_000_000, 3_000_000, "act_fusion"),
+                        (11_000_000, 12_000_000, "pybind11 call")]),
+        line("tf_XLAEigen/1", [(0, 2_000_000, "err_fusion"), (2_000_000, 3_000_000, "copy.9"),
+                               (3_000_000, 7_000_000, "end: err_fusion")])])])
+    groups, busy_ms, unknown = ps.thread_time_by_group(profile, ins, steps=1)
+    assert groups == {"encoder forward elementwise": 2.0, "decoder backward elementwise": 2.0}
+    assert busy_ms == 3.0 and unknown == {"copy.9": 1.0}
+
+
 def test_profile_step_end_to_end(tmp_path):
     out = tmp_path / "profile.json"
     proc = subprocess.run(
