@@ -319,3 +319,17 @@ def test_bench_steps_per_call_tiny_run(tmp_path):
     assert json.loads(out.read_text())["rows"] == rows
     with pytest.raises(SystemExit):   # 3 does not divide --log_every
         bench_steps_per_call.parse_args(["--per_call_list=3", "--log_every=10"])
+
+
+@pytest.mark.parametrize("per_call", [1, 2])
+def test_bench_sampling_in_loop_tiny_run(per_call):
+    """Both of the loop's paths: single steps (prefetched chunks) and the scanned calls fed
+    by BatchSource.stacked."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import bench_sampling_in_loop
+    rows = bench_sampling_in_loop.main([f"--steps_per_call={per_call}", "--batch_sizes=16",
+                                        "--rounds=1", "--seconds=0.01", "--prefetch_steps=2"])
+    assert [(r["batch"], r["steps_per_call"]) for r in rows] == [(16, per_call)]
+    assert rows[0]["fixed_ms"] > 0 and rows[0]["fresh_ms"] > 0
+    with pytest.raises(SystemExit):
+        bench_sampling_in_loop.main(["--steps_per_call=0"])
