@@ -79,10 +79,10 @@ AUTO_MICROBATCH_MIN_SHARE_OVER_PARAMS = 3.0
 
 
 # train.steps_per_call = -1 (auto, the default): the largest divisor of train.log_every up to
-# this. Measured (docs/PERFORMANCE.md, *Dispatch*): 8 steps per call take one seed's step at
-# batch 16 from 1.53 to 0.76 ms with 10 (the ~0.4 ms dispatch paid once in 10), and the
-# default run's training 1.06-1.11x faster with 10 (median step 18.2-19.6 -> 17.1-17.3 ms,
-# the same MCC); past ~10 the dispatch left per step is under 0.05 ms.
+# this. Measured (docs/PERFORMANCE.md, *Dispatch*): 10 steps per call take one seed's step
+# at batch 16 from 1.53 to 0.76 ms (the ~0.4 ms dispatch paid once in 10; 0.81 with 8) and
+# make the default run's training 1.06-1.11x faster (median step 18.2-19.6 -> 17.1-17.3 ms,
+# the same MCC); past 10 the dispatch left per step is under 0.05 ms.
 AUTO_STEPS_PER_CALL = 10
 
 
