@@ -8,9 +8,11 @@
 # OUT_DIR receives suite.log (everything printed, appended to), one bench_train JSON per
 # section and main.log (the README's main command, timed). DATA_DIR: folder with mnist/ and
 # fashion-mnist/ (default ../shared/data). SECTIONS: comma-separated subset of
-# throughput,images,seeds,growth,parts,main (the default) and image_chunks (the image step
+# throughput,images,seeds,growth,parts,main (the default), image_chunks (the image step
 # at batch 1024 and 4096 in 1 and 4 chunks: is the H200's 11.6x slowdown from 1024 to 4096
-# the size of one pass?). PYTHON picks the interpreter
+# the size of one pass?) and main_single (the main command with one step per call,
+# --config.train.steps_per_call=1, beside main's scanned default of 10; main_single.log).
+# PYTHON picks the interpreter
 # (default python3); QUICK=1 shrinks every list (a dry run of the script, e.g. on CPU).
 #
 # Sizes: on an H200 (2026-11-26) every program compiles in 7-10 s (numerical_case2's step)
@@ -22,7 +24,7 @@ set -u
 OUT=${1:?usage: benchmarks/gpu_suite.sh OUT_DIR [DATA_DIR [SECTIONS]]}
 DATA=${2:-../shared/data}
 DEFAULT=throughput,images,seeds,growth,parts,main
-ALL=$DEFAULT,image_chunks
+ALL=$DEFAULT,image_chunks,main_single
 WANT=",${3:-$DEFAULT},"
 for name in ${WANT//,/ }; do
   case ",$ALL," in *",$name,"*) ;; *)
@@ -77,14 +79,18 @@ section parts 90 --sections=parts --models=numerical_case2 $PARTS --rounds=3 --s
 section image_chunks 150 --sections=chunks --chunk_series=images --chunk_image_batches=$CHUNK_B \
   --chunk_counts=$CHUNKS --rounds=3 --steps=$T
 
-case "$WANT" in *",main,"*)
-  STEPS_FLAG=""
-  [ "${QUICK:-0}" = 1 ] && STEPS_FLAG="--config.train.steps=20 --config.train.warmup_steps=5"
-  echo "=== main (limit 80s) $(date -u +%T)" | tee -a "$LOG"
-  t0=$SECONDS
+main_run() {  # main_run NAME FLAGS...: the README's main command, timed, into OUT/NAME.log
+  local name=$1; shift
+  case "$WANT" in *",$name,"*) ;; *) return 0 ;; esac
+  local steps_flag=""
+  [ "${QUICK:-0}" = 1 ] && steps_flag="--config.train.steps=20 --config.train.warmup_steps=5"
+  echo "=== $name (limit 80s) $(date -u +%T)" | tee -a "$LOG"
+  local t0=$SECONDS
   timeout --kill-after=5 80 $PY -m crl_jax.main --config=configs/synthetic.py \
-    --workdir="$(mktemp -d)/crl_run" $STEPS_FLAG >"$OUT/main.log" 2>&1
-  echo "=== main: exit $? after $((SECONDS - t0)) s" | tee -a "$LOG"
-  tail -5 "$OUT/main.log" ;;
-esac
+    --workdir="$(mktemp -d)/crl_run" $steps_flag "$@" >"$OUT/$name.log" 2>&1
+  echo "=== $name: exit $? after $((SECONDS - t0)) s" | tee -a "$LOG"
+  tail -5 "$OUT/$name.log"
+}
+main_run main
+main_run main_single --config.train.steps_per_call=1
 grep -E "steps/s|x one seed|exponent|compiled in" "$LOG" | tail -60

@@ -56,6 +56,7 @@ def test_every_section_runs_a_valid_command(tmp_path, data_dir):
         assert f"=== {name}: exit 0" in log, log            # the parser accepted its flags
         assert any(f"bench_train_{name}_gpu.json" in l for l in benches)
     assert "=== main: exit 0" in log and "=== image_chunks" not in log, log
+    assert "=== main_single" not in log, log
     assert any(l.startswith("-m crl_jax.main --config=configs/synthetic.py") for l in lines)
     seeds = next(l for l in benches if "--sections=seeds" in l)
     assert "--seed_floors=off" in seeds
@@ -67,6 +68,16 @@ def test_image_chunks_only_when_asked(tmp_path, data_dir):
     assert "=== image_chunks: exit 0" in log and "=== main" not in log
     (line,) = [l for l in lines if "bench_train.py" in l]
     assert "--chunk_series=images" in line and "--chunk_image_batches=1024,4096" in line
+
+
+def test_main_single_runs_the_main_command_with_one_step_per_call(tmp_path, data_dir):
+    proc, log, lines = _run_suite(tmp_path, data_dir, "main,main_single")
+    assert proc.returncode == 0, proc.stdout + proc.stderr + log
+    assert "=== main: exit 0" in log and "=== main_single: exit 0" in log, log
+    mains = [l for l in lines if l.startswith("-m crl_jax.main")]
+    assert len(mains) == 2 and "steps_per_call" not in mains[0]
+    assert mains[1].endswith("--config.train.steps_per_call=1")   # parsed by crl_jax.main
+    assert (tmp_path / "out" / "main_single.log").exists()
 
 
 def test_section_subset_runs_only_those(tmp_path, data_dir):
