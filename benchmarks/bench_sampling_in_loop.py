@@ -56,7 +56,7 @@ def main(argv=None) -> list[dict]:
             "numerical_case2", args, batch, prefetch_steps=a.prefetch_steps)
         if n_call == 1:
             fixed = source(0)
-            r = bt.StepRunner(method, config, mesh, layout, fixed)
+            r = bt.StepRunner(method, config, mesh, layout, fixed, execute=False)
             draw, unit = source, 1
         else:
             fixed = source.stacked(0, n_call)
