@@ -23,7 +23,7 @@ import time
 
 import jax
 
-from crl_jax import config_validation, experiment, host_memory, parallel, train
+from crl_jax import config_validation, cpu_dots, experiment, host_memory, parallel, train
 from crl_jax.sweeps import aggregate, grid, plots
 
 
@@ -72,12 +72,15 @@ def run_sweep(sweep_config, workdir: str, *, sweep_index: int | None = None,
     os.makedirs(workdir, exist_ok=True)
     if aggregate_only:
         return aggregate_sweep(sweep_config, workdir, entries, command)
+    selected = entries if sweep_index is None else [entries[sweep_index]]
+    # one process runs every selected entry: one products library for all of them, chosen
+    # before JAX's backend starts, which _validate does (each entry's report records it)
+    cpu_dots.apply([e.config for e in selected])
     _validate(entries)
     aggregate.write_atomic(os.path.join(workdir, "sweep.json"), json.dumps(
         {"name": sweep_config.name, "entries": [{"index": e.index, "name": e.name,
                                                   "setting": e.setting} for e in entries]},
         indent=1, default=str))
-    selected = entries if sweep_index is None else [entries[sweep_index]]
     t0 = time.time()
     for e in selected:
         run_dir = os.path.join(workdir, e.name)

@@ -19,7 +19,7 @@ import numpy as np
 import tqdm
 
 from crl_jax import checkpointing, config_validation, experiment, input_pipeline, methods
-from crl_jax import host_memory, parallel
+from crl_jax import cpu_dots, host_memory, parallel
 from crl_jax import evaluation, plotting, reporting, steps
 
 
@@ -263,9 +263,10 @@ def train_and_evaluate(config, workdir: str, *, stop_after_step=None) -> dict | 
     ``report.json``, ``report.md`` and figures into ``workdir``; returns the report dict
     (``None`` when stopped early by ``stop_after_step``).
     """
-    # first, before any JAX work: JAX reads it when its backend starts (crl_jax.main calls
-    # nothing in JAX before this; from a notebook it applies if nothing ran before)
+    # first, before any JAX work: JAX reads them when its backend starts (crl_jax.main calls
+    # nothing in JAX before this; from a notebook they apply if nothing ran before)
     dispatch = host_memory.set_cpu_dispatch()
+    dots = cpu_dots.apply(config)   # YNNPACK or Eigen products for this run's sizes
     source = config.data.get("source", "synthetic")
     if source == "personax":
         from crl_jax import personax_crl  # real-data pipeline (no ground truth)
@@ -293,6 +294,7 @@ def train_and_evaluate(config, workdir: str, *, stop_after_step=None) -> dict | 
               "train_seconds": train_seconds, "devices": mesh.devices.size,
               "malloc_tuning": host_memory.tune_malloc(),
               "cpu_dispatch": dispatch,
+              "cpu_dots": dots,
               "evaluation": evaluation.evaluate_run(method, state.params, process, config)}
     report["eval_seconds"] = time.time() - t1
     if config.eval.plots and lead_process:

@@ -38,6 +38,9 @@ def test_main_smoke_run_writes_reports_and_plots(tmp_path):
     assert report["steps"] == 20 and report["num_seeds"] == 2
     if "CRL_JAX_CPU_DISPATCH" not in os.environ:   # main applies it before JAX starts
         assert report["cpu_dispatch"] == {"dispatch": "inline", "applied": True, "reason": ""}
+    if "CRL_JAX_CPU_DOTS" not in os.environ and "ynn_fusion" not in os.environ.get("XLA_FLAGS", ""):
+        # small products (hidden width 32): XLA's default YNNPACK (crl_jax.cpu_dots)
+        assert report["cpu_dots"]["dots"] == "ynnpack" and report["cpu_dots"]["applied"]
     summary = report["evaluation"]["summary"]
     assert len(summary["mcc_pearson"]["per_seed"]) == 2
     assert 0.0 <= summary["mcc_pearson"]["mean"] <= 1.0
