@@ -80,11 +80,13 @@ def main(argv=None) -> list[dict]:
             r = rows[-1]
             print(f"batch {r['batch']}, {seeds} seed(s), {per_call} step(s) per call: "
                   f"{r['ms_per_step_median']:.3f} ms/step median, {r['ms_per_step_best']:.3f} "
-                  f"best ({dispatch['dispatch']} dispatch)", flush=True)
+                  f"best ({dispatch['dispatch']} dispatch, {dispatch['dots']} products)",
+                  flush=True)
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"info": {"argv": sys.argv[1:] if argv is None else list(argv),
                                 "malloc_tuning": malloc, "cpu_dispatch": dispatch["dispatch"],
+                                "cpu_dots": dispatch["dots"],
                                 "load_avg_at_end": os.getloadavg()}, "rows": rows}, f, indent=1)
         print(f"wrote {args.out}")
     return rows

@@ -78,7 +78,7 @@ import numpy as np  # noqa: E402
 
 from configs import default as default_config  # noqa: E402
 from configs import synthetic as synthetic_config  # noqa: E402
-from crl_jax import experiment, host_memory, input_pipeline, methods, parallel, steps, train  # noqa: E402
+from crl_jax import cpu_dots, experiment, host_memory, input_pipeline, methods, parallel, steps, train  # noqa: E402
 from crl_jax.models import vae  # noqa: E402
 
 SECTIONS = ("throughput", "seeds", "devices", "growth", "chunks", "parts", "bandwidth",
@@ -908,14 +908,20 @@ def add_host_arguments(parser: argparse.ArgumentParser) -> None:
                              "otherwise): single-device CPU steps run on the calling thread; "
                              "'async': JAX's default, on a worker thread "
                              "(host_memory.set_cpu_dispatch)")
+    parser.add_argument("--cpu_dots", default=None, choices=cpu_dots.LIBRARIES,
+                        help="library of XLA:CPU's float32 products: 'ynnpack' (XLA's default) "
+                             "or 'eigen' (crl_jax.cpu_dots; training picks one per run). "
+                             "Default: as XLA_FLAGS has it")
 
 
 def apply_host_settings(args) -> tuple[dict, dict]:
-    """``(malloc, dispatch)``: :func:`host_memory.tune_malloc` unless ``--malloc_tuning=off``
-    and :func:`host_memory.set_cpu_dispatch` with ``--cpu_dispatch``, before any JAX work.
-    An explicit ``--cpu_dispatch`` that could not be applied (JAX's backend already started,
-    as when ``main`` is called from a test) is an error: the numbers would not be of the mode
-    asked for; the default then runs with the backend's mode and says which."""
+    """``(malloc, dispatch)``: :func:`host_memory.tune_malloc` unless ``--malloc_tuning=off``,
+    :func:`host_memory.set_cpu_dispatch` with ``--cpu_dispatch`` and, when given,
+    :func:`cpu_dots.set_cpu_dots` with ``--cpu_dots``, before any JAX work (``dispatch``
+    also holds ``"dots"``, the products' library in effect). An explicit ``--cpu_dispatch``
+    or ``--cpu_dots`` that could not be applied (JAX's backend already started, as when
+    ``main`` is called from a test) is an error: the numbers would not be of the setting
+    asked for; the default dispatch then runs with the backend's mode and says which."""
     malloc = (host_memory.tune_malloc() if args.malloc_tuning == "on"
               else {"applied": False, "reason": "--malloc_tuning=off"})
     dispatch = host_memory.set_cpu_dispatch(args.cpu_dispatch)
@@ -923,6 +929,12 @@ def apply_host_settings(args) -> tuple[dict, dict]:
         if args.cpu_dispatch is not None:
             raise RuntimeError(f"--cpu_dispatch={args.cpu_dispatch}: {dispatch['reason']}")
         print(f"note: CPU dispatch {dispatch['dispatch']!r} ({dispatch['reason']})", flush=True)
+    library = getattr(args, "cpu_dots", None)
+    if library is not None:
+        dots = cpu_dots.set_cpu_dots(library, "--cpu_dots")
+        if not dots["applied"]:
+            raise RuntimeError(f"--cpu_dots={library}: {dots['reason']}")
+    dispatch = {**dispatch, "dots": cpu_dots.in_effect()}
     return malloc, dispatch
 
 
@@ -1040,7 +1052,7 @@ def main(argv=None) -> dict:
         "jax": jax.__version__, "python": platform.python_version(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "load_avg_at_start": os.getloadavg(), "malloc_tuning": malloc,
-        "cpu_dispatch": dispatch["dispatch"],
+        "cpu_dispatch": dispatch["dispatch"], "cpu_dots": dispatch["dots"],
     }
     print(f"{dev.platform} {dev.device_kind} x{jax.device_count()}, {os.cpu_count()} CPUs, "
           f"load {info['load_avg_at_start'][0]:.1f}, CPU dispatch {info['cpu_dispatch']}, "

@@ -283,7 +283,7 @@ def main(argv=None) -> list[dict]:
             json.dump({"info": {"device": str(jax.devices()[0]), "jax": jax.__version__,
                                 "argv": sys.argv[1:] if argv is None else list(argv),
                                 "malloc_tuning": malloc,
-                                "cpu_dispatch": dispatch["dispatch"]},
+                                "cpu_dispatch": dispatch["dispatch"], "cpu_dots": dispatch["dots"]},
                        "rows": rows}, f, indent=1)
         print(f"wrote {args.out}")
     return rows

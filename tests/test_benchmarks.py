@@ -333,3 +333,25 @@ def test_bench_sampling_in_loop_tiny_run(per_call):
     assert rows[0]["fixed_ms"] > 0 and rows[0]["fresh_ms"] > 0
     with pytest.raises(SystemExit):
         bench_sampling_in_loop.main(["--steps_per_call=0"])
+
+
+def test_benchmarks_take_the_products_library(tmp_path):
+    """--cpu_dots sets YNNPACK or Eigen products before JAX starts and the JSON says which;
+    asked for after the backend started (here, in the test process) it is an error rather
+    than numbers of the other library."""
+    out = tmp_path / "spc.json"
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "CRL_JAX_CPU_DOTS")}
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/bench_steps_per_call.py", "--batch=8", "--seeds_list=1",
+         "--per_call_list=2", "--steps=30", "--log_every=10", "--cpu_dots=eigen",
+         f"--out={out}"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(out.read_text())["info"]["cpu_dots"] == "eigen"
+    assert "eigen products" in proc.stdout
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import bench_steps_per_call
+    from crl_jax import cpu_dots
+    other = "eigen" if cpu_dots.in_effect() == "ynnpack" else "ynnpack"
+    with pytest.raises(RuntimeError, match=f"--cpu_dots={other}: JAX's backend had already"):
+        bench_steps_per_call.main(["--batch=8", "--seeds_list=1", "--per_call_list=2",
+                                   "--steps=30", "--log_every=10", f"--cpu_dots={other}"])
