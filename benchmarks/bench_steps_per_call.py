@@ -1,15 +1,18 @@
 """The training loop's time per step with ``train.steps_per_call`` steps per dispatch.
 
 Runs ``train.train`` (sampler, metrics, checkpoints: the real loop) on the synthetic default
-(numerical_case1) at a small batch, for each seed count and each steps-per-call value, and
-reports the median and best time per step over the logged windows (``steps_per_sec`` in
-``metrics.jsonl``; the first two windows, with compilation, are left out). Host settings as
-training (``--malloc_tuning``, ``--cpu_dispatch``). Why: a dispatch costs ~0.4 ms on the
-project's CPU, most of a step of about a millisecond; a ``lax.scan`` of several steps pays
-it once (docs/PERFORMANCE.md, *Dispatch*).
+(numerical_case1; ``--config`` for another shipped config) at a small batch, for each seed
+count and each steps-per-call value, and reports the median and best time per step over the
+logged windows (``steps_per_sec`` in ``metrics.jsonl``; the first two windows, with
+compilation, are left out). Host settings as training (``--malloc_tuning``,
+``--cpu_dispatch``); the products' library is XLA's default (YNNPACK) unless ``--cpu_dots``
+says otherwise (training picks one per run: crl_jax/cpu_dots.py). Why: a dispatch costs
+~0.4 ms on the project's CPU, most of a step of about a millisecond; a ``lax.scan`` of
+several steps pays it once (docs/PERFORMANCE.md, *Dispatch*).
 
     python benchmarks/bench_steps_per_call.py --out=benchmarks/results/bench_steps_per_call_cpu.json
     python benchmarks/bench_steps_per_call.py --cpu_dispatch=async
+    python benchmarks/bench_steps_per_call.py --batch=512 --seeds_list=3 --per_call_list=10 --cpu_dots=eigen
 """
 import argparse
 import json
@@ -24,11 +27,24 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_train as bt  # noqa: E402  (also puts the repository root on sys.path)
 
 
-def run(batch: int, seeds: int, per_call: int, steps: int, log_every: int) -> dict:
-    from configs import synthetic
+CONFIGS = ("synthetic", "synthetic:case2", "variant_mnist", "variant_mnist:small")
+
+
+def load_config(name: str, data_dir: str):
+    """A shipped config by name (``synthetic``, ``variant_mnist:small``, ...)."""
+    import importlib
+    module, _, arg = name.partition(":")
+    config = importlib.import_module(f"configs.{module}").get_config(arg or None)
+    if module == "variant_mnist":
+        config.data.data_dir = data_dir
+    return config
+
+
+def run(batch: int, seeds: int, per_call: int, steps: int, log_every: int,
+        config_name: str = "synthetic", data_dir: str = "") -> dict:
     from crl_jax import experiment, input_pipeline, parallel, train
 
-    config = synthetic.get_config()
+    config = load_config(config_name, data_dir)
     config.train.update(batch_size=batch, num_seeds=seeds, steps=steps, progress=False,
                         log_every=log_every, checkpoint_every=steps, steps_per_call=per_call)
     config.train.warmup_steps = min(int(config.train.warmup_steps), steps // 10)
@@ -43,7 +59,8 @@ def run(batch: int, seeds: int, per_call: int, steps: int, log_every: int) -> di
         with open(os.path.join(workdir, "metrics.jsonl")) as f:
             rates = [json.loads(line)["steps_per_sec"] for line in f][2:]
     ms = 1e3 / np.asarray(rates)
-    return {"batch": batch, "seeds": seeds, "steps_per_call": per_call, "steps": steps,
+    return {"config": config_name, "batch": batch, "seeds": seeds, "steps_per_call": per_call,
+            "steps": steps,
             "ms_per_step_median": float(np.median(ms)), "ms_per_step_best": float(ms.min()),
             "wall_s": wall}
 
@@ -51,6 +68,9 @@ def run(batch: int, seeds: int, per_call: int, steps: int, log_every: int) -> di
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="synthetic", choices=CONFIGS,
+                   help="the shipped config trained (its model, data and loss; --batch and "
+                        "--seeds_list replace its batch size and seeds)")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--seeds_list", default="1,8")
     p.add_argument("--per_call_list", default="1,8")
@@ -61,6 +81,8 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     args.seeds_list = bt.parse_seed_counts(p, "--seeds_list", args.seeds_list)
     args.per_call_list = bt._ints(args.per_call_list)
+    if args.config.startswith("variant_mnist"):
+        bt.require_model_data(p, "variant_mnist_3m", args.data_dir)
     bad = [n for n in args.per_call_list if n < 1 or args.log_every % n]
     if bad:
         p.error(f"--per_call_list: {bad} must be >= 1 and divide --log_every={args.log_every}")
@@ -76,9 +98,10 @@ def main(argv=None) -> list[dict]:
     rows = []
     for seeds in args.seeds_list:
         for per_call in args.per_call_list:
-            rows.append(run(args.batch, seeds, per_call, args.steps, args.log_every))
+            rows.append(run(args.batch, seeds, per_call, args.steps, args.log_every,
+                            args.config, args.data_dir))
             r = rows[-1]
-            print(f"batch {r['batch']}, {seeds} seed(s), {per_call} step(s) per call: "
+            print(f"{args.config}, batch {r['batch']}, {seeds} seed(s), {per_call} step(s) per call: "
                   f"{r['ms_per_step_median']:.3f} ms/step median, {r['ms_per_step_best']:.3f} "
                   f"best ({dispatch['dispatch']} dispatch, {dispatch['dots']} products)",
                   flush=True)

@@ -319,6 +319,14 @@ def test_bench_steps_per_call_tiny_run(tmp_path):
     assert json.loads(out.read_text())["rows"] == rows
     with pytest.raises(SystemExit):   # 3 does not divide --log_every
         bench_steps_per_call.parse_args(["--per_call_list=3", "--log_every=10"])
+    with pytest.raises(SystemExit):
+        bench_steps_per_call.parse_args(["--config=mnist"])
+    # another shipped config (the image model's MLP variant): its own data and widths
+    rows = bench_steps_per_call.main(["--config=variant_mnist:small", "--batch=8",
+                                      "--seeds_list=1", "--per_call_list=2", "--steps=30",
+                                      "--log_every=10"])
+    assert [(r["config"], r["batch"], r["steps_per_call"]) for r in rows] == [
+        ("variant_mnist:small", 8, 2)]
 
 
 @pytest.mark.parametrize("per_call", [1, 2])
