@@ -4,15 +4,18 @@ jaxlib 0.10 hands float32 products to YNNPACK fusions. On the project's 2-core C
 runs a product of fewer than ~768 rows on one thread, where Eigen (XLA's other path) uses
 both cores once a product is big enough; for tiny products YNNPACK's lower overhead wins.
 Measured in the real training loop (docs/PERFORMANCE.md, *Which library runs the products*):
-the MLP models' step is 1.1-1.5x faster with Eigen from 256 rows per seed at width 128
-(the default synthetic run, 3 seeds x 512, 1.12x in training time), and slower with Eigen at
-16 rows (1.2-1.4x); the convolutional image model's step is ~5 % slower with Eigen.
+with 1-3 seeds the MLP models' step is 1.01-1.33x faster with Eigen from 256 rows per seed
+at width 128 (the default synthetic run, 3 seeds x 512: 1.15x per step, 103.0 -> 87.0 s of
+training), slower with Eigen at 16 rows (0.75-0.84x) and at 64 rows with one seed (0.84x);
+with 8 seeds no faster from 256 rows (0.94-0.98x); the convolutional image model's step is
+~2-5 % slower with Eigen.
 
 :func:`choose` picks per run: Eigen when the model's widest hidden product, rows x width^2
-(rows = the per-seed batch, or ``train.microbatch_size``), reaches ``EIGEN_MIN_PRODUCT`` and
-the encoder is not convolutional; YNNPACK otherwise. ``$CRL_JAX_CPU_DOTS`` (``auto``,
-``ynnpack``, ``eigen``) overrides it, and an ``XLA_FLAGS`` that already sets
-``--xla_cpu_experimental_ynn_fusion_type`` is left alone. The choice is an XLA flag, read once
+(rows = the per-seed batch, or ``train.microbatch_size``), reaches ``EIGEN_MIN_PRODUCT``, the
+run trains at most ``EIGEN_MAX_SEEDS`` seeds together and the encoder is not convolutional;
+YNNPACK otherwise. ``$CRL_JAX_CPU_DOTS`` (``auto``, ``ynnpack``, ``eigen``) overrides it,
+and an ``XLA_FLAGS`` that already sets ``--xla_cpu_experimental_ynn_fusion_type`` is left
+alone. The choice is an XLA flag, read once
 per process when JAX's backend starts, so :func:`set_cpu_dots` works only before the first
 JAX computation (the entry points call it first; from a notebook or after other JAX work it
 changes nothing and says so). Only the rounding of the products differs between the two
@@ -30,6 +33,7 @@ LIBRARIES = ("ynnpack", "eigen")
 XLA_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
 EIGEN_FLAG = XLA_FLAG + "="   # no YNNPACK fusions: XLA:CPU's own (Eigen) products
 EIGEN_MIN_PRODUCT = 256 * 128 * 128   # rows x width^2: 256 rows at width 128 (measured)
+EIGEN_MAX_SEEDS = 4   # 8 seeds gained nothing with Eigen (0.94-0.98x at 256-512 rows)
 
 _PROBE = """
 import jax, jax.numpy as jnp
@@ -73,15 +77,19 @@ def choose(configs) -> tuple[str, str]:
         return value, f"{ENV}={value}"
     for config in configs:
         if str(config.model.get("encoder", "mlp")) == "conv":
-            return "ynnpack", "convolutional encoder (its step is ~5 % slower with Eigen)"
+            return "ynnpack", "convolutional encoder (its step is slower with Eigen)"
         size = product_size(config)
         if size is None:
             return "ynnpack", "no batch size or hidden widths in the config"
+        seeds = int(config.train.get("num_seeds", 1) or 1)
+        if seeds > EIGEN_MAX_SEEDS:
+            return "ynnpack", (f"{seeds} seeds > {EIGEN_MAX_SEEDS} (with many seeds Eigen "
+                               f"was no faster)")
         if size < EIGEN_MIN_PRODUCT:
             return "ynnpack", (f"widest product rows x width^2 = {size:,} < "
                                f"{EIGEN_MIN_PRODUCT:,} (small products: YNNPACK is faster)")
-    return "eigen", (f"widest product rows x width^2 >= {EIGEN_MIN_PRODUCT:,} (Eigen uses both "
-                     f"cores on it, YNNPACK one)")
+    return "eigen", (f"widest product rows x width^2 >= {EIGEN_MIN_PRODUCT:,}, <= "
+                     f"{EIGEN_MAX_SEEDS} seeds (Eigen uses both cores on it, YNNPACK one)")
 
 
 def in_effect() -> str:

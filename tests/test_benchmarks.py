@@ -363,3 +363,17 @@ def test_benchmarks_take_the_products_library(tmp_path):
     with pytest.raises(RuntimeError, match=f"--cpu_dots={other}: JAX's backend had already"):
         bench_steps_per_call.main(["--batch=8", "--seeds_list=1", "--per_call_list=2",
                                    "--steps=30", "--log_every=10", f"--cpu_dots={other}"])
+
+
+def test_bench_cpu_dots_script_runs_both_libraries(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "CRL_JAX_CPU_DOTS")}
+    env["PYTHON"] = sys.executable
+    proc = subprocess.run(["bash", "benchmarks/bench_cpu_dots.sh", str(tmp_path),
+                           "synthetic:8:1:30:10"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    for lib in ("ynnpack", "eigen"):
+        result = json.loads((tmp_path / f"synthetic_b8_{lib}.json").read_text())
+        assert result["info"]["cpu_dots"] == lib
+        assert [(r["batch"], r["seeds"]) for r in result["rows"]] == [(8, 1)]
+    assert proc.stdout.count("ms/step") == 2
