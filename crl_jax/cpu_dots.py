@@ -115,10 +115,14 @@ def _flag_supported() -> tuple[bool, str]:
         except (OSError, subprocess.TimeoutExpired) as err:
             _probe_result = (False, f"the check of {EIGEN_FLAG} failed to run ({err})")
         else:
-            _probe_result = (rc == 0, "" if rc == 0 else
-                             f"this jaxlib does not accept {EIGEN_FLAG} (check exited {rc})"
-                             if rc != 3 else f"{EIGEN_FLAG} leaves YNNPACK fusions in place "
-                                             f"on this jaxlib")
+            if rc == 0:
+                _probe_result = (True, "")
+            elif rc == 3:
+                _probe_result = (False, f"{EIGEN_FLAG} leaves YNNPACK fusions in place on "
+                                        f"this jaxlib; products stay on YNNPACK")
+            else:
+                _probe_result = (False, f"this jaxlib does not accept {EIGEN_FLAG} (the check "
+                                        f"exited with {rc}); products stay on YNNPACK")
     return _probe_result
 
 

@@ -159,3 +159,20 @@ def test_sweep_chooses_for_its_entries_before_jax_starts(monkeypatch, tmp_path):
     with pytest.raises(RuntimeError, match="stop here"):
         sweep.run_sweep(sweep_config, str(tmp_path), sweep_index=1)
     assert calls == [("dots", 1), ("validate", len(sweep.grid.make_entries(sweep_config)))]
+
+
+@pytest.mark.parametrize("rc, applies, words", [(0, True, ""), (3, False, "leaves YNNPACK"),
+                                                (1, False, "does not accept")])
+def test_flag_check_decides_whether_eigen_can_be_set(monkeypatch, rc, applies, words):
+    """XLA aborts a process on an unknown flag, so the flag is tried in a child first."""
+    seen = {}
+
+    def fake_run(cmd, env, **kwargs):
+        seen["flags"] = env["XLA_FLAGS"]
+        return subprocess.CompletedProcess(cmd, rc)
+
+    monkeypatch.setattr(cpu_dots, "_probe_result", None)
+    monkeypatch.setattr(cpu_dots.subprocess, "run", fake_run)
+    ok, reason = cpu_dots._flag_supported()
+    assert ok is applies and words in reason
+    assert seen["flags"].endswith(cpu_dots.EIGEN_FLAG)
