@@ -101,9 +101,10 @@ def main(argv=None) -> list[dict]:
             rows.append(run(args.batch, seeds, per_call, args.steps, args.log_every,
                             args.config, args.data_dir))
             r = rows[-1]
-            print(f"{args.config}, batch {r['batch']}, {seeds} seed(s), {per_call} step(s) per call: "
-                  f"{r['ms_per_step_median']:.3f} ms/step median, {r['ms_per_step_best']:.3f} "
-                  f"best ({dispatch['dispatch']} dispatch, {dispatch['dots']} products)",
+            print(f"{args.config}, batch {r['batch']}, {seeds} seed(s), {per_call} step(s) "
+                  f"per call: {r['ms_per_step_median']:.3f} ms/step median, "
+                  f"{r['ms_per_step_best']:.3f} best ({dispatch['dispatch']} dispatch, "
+                  f"{dispatch['dots']} products)",
                   flush=True)
     if args.out:
         with open(args.out, "w") as f:

@@ -929,7 +929,7 @@ def apply_host_settings(args) -> tuple[dict, dict]:
         if args.cpu_dispatch is not None:
             raise RuntimeError(f"--cpu_dispatch={args.cpu_dispatch}: {dispatch['reason']}")
         print(f"note: CPU dispatch {dispatch['dispatch']!r} ({dispatch['reason']})", flush=True)
-    library = getattr(args, "cpu_dots", None)
+    library = args.cpu_dots
     if library is not None:
         dots = cpu_dots.set_cpu_dots(library, "--cpu_dots")
         if not dots["applied"]:
