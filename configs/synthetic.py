@@ -10,8 +10,8 @@ the tests. Any field can be overridden, e.g. ``--config.train.num_seeds=5``.
 
 Expected result of the default command (measured, see the README's "Results"): held-out
 MCC 0.931 ± 0.008 (Pearson) over 3 seeds, kernel R² of the true block from the estimated
-block 0.974 (m1) and 0.918 (m2); 87-88 s of training on 2 CPU cores in two quiet runs
-since this job's products run on Eigen (crl_jax/cpu_dots.py; 103.0 s with
+block 0.974 (m1) and 0.918 (m2); 83.5-88.0 s of training on 2 CPU cores in three quiet
+runs since this job's products run on Eigen (crl_jax/cpu_dots.py; 103.0 s with
 ``CRL_JAX_CPU_DOTS=ynnpack`` right before, 96.7-106.5 s in three quiet runs with YNNPACK and
 10 steps per call, 102.2-115.7 s with ``--config.train.steps_per_call=1``); longer when other
 jobs share the cores, and with ``CRL_JAX_MALLOC_TUNING=0``: see crl_jax/host_memory.py.
