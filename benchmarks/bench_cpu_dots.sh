@@ -2,7 +2,7 @@
 # The training loop with XLA:CPU's products on YNNPACK (XLA's default) against Eigen, pair by
 # pair (crl_jax/cpu_dots.py picks one per run; docs/PERFORMANCE.md, *Which library runs the
 # products*). Each case runs bench_steps_per_call.py once per library, back to back, 10 steps
-# per call; one JSON per case and library in OUT_DIR.
+# per call; one JSON per case and library in OUT_DIR (CONFIG_bBATCH_sSEEDS_LIBRARY.json).
 #
 #   bash benchmarks/bench_cpu_dots.sh benchmarks/results/cpu_dots [CASES]
 #
@@ -20,6 +20,7 @@ for case in $cases; do
   for lib in ynnpack eigen; do
     "$python" benchmarks/bench_steps_per_call.py --config="$name" --batch="$batch" \
       --seeds_list="$seeds" --per_call_list=10 --steps="$steps" --log_every="$log_every" \
-      --cpu_dots="$lib" --out="$out/${config}_b${batch}_${lib}.json" | grep "ms/step"
+      --cpu_dots="$lib" --out="$out/${config}_b${batch}_s${seeds//,/-}_${lib}.json" \
+      | grep "ms/step"
   done
 done

@@ -373,7 +373,7 @@ def test_bench_cpu_dots_script_runs_both_libraries(tmp_path):
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     for lib in ("ynnpack", "eigen"):
-        result = json.loads((tmp_path / f"synthetic_b8_{lib}.json").read_text())
+        result = json.loads((tmp_path / f"synthetic_b8_s1_{lib}.json").read_text())
         assert result["info"]["cpu_dots"] == lib
         assert [(r["batch"], r["seeds"]) for r in result["rows"]] == [(8, 1)]
     assert proc.stdout.count("ms/step") == 2

@@ -62,8 +62,10 @@ def test_choice_follows_the_size_of_the_products(clean_env):
     assert cpu_dots.product_size(chunked) == 128 * 128 * 128
     assert cpu_dots.choose(chunked)[0] == "ynnpack"
     many = synthetic.get_config()
-    many.train.num_seeds = 8                       # many seeds: Eigen was no faster
-    assert cpu_dots.choose(many)[0] == "ynnpack" and "8 seeds" in cpu_dots.choose(many)[1]
+    many.train.num_seeds = 5                       # up to 5 seeds: Eigen
+    assert cpu_dots.choose(many)[0] == "eigen"
+    many.train.num_seeds = 6                       # more: Eigen was not clearly faster
+    assert cpu_dots.choose(many)[0] == "ynnpack" and "6 seeds" in cpu_dots.choose(many)[1]
     auto = synthetic.get_config()
     auto.train.microbatch_size = -1                # auto: rated at the whole batch
     assert cpu_dots.choose(auto)[0] == "eigen"
