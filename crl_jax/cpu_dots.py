@@ -19,7 +19,8 @@ alone. The choice is an XLA flag, read once
 per process when JAX's backend starts, so :func:`set_cpu_dots` works only before the first
 JAX computation (the entry points call it first; from a notebook or after other JAX work it
 changes nothing and says so). Only the rounding of the products differs between the two
-libraries; the model, data and loss are the same.
+libraries; the model, data and loss are the same. It is an XLA:CPU flag: on a GPU or TPU the
+step does not run on it (the choice then only touches computations JAX places on the host).
 """
 from __future__ import annotations
 
