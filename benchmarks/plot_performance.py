@@ -40,18 +40,26 @@ GROWTH_TARGET = 1.1           # issue 7: fitted exponent in K and M <= 1.1
 
 def _plain_log_axis(axis, ticks) -> None:
     """A log axis labelled at ``ticks`` in plain numbers (1, 2, 4, 8 rather than 2^k)."""
-    axis.axes.set_xscale("log") if axis.axis_name == "x" else axis.axes.set_yscale("log")
+    if axis.axis_name == "x":
+        axis.axes.set_xscale("log")
+    else:
+        axis.axes.set_yscale("log")
     axis.set_major_locator(FixedLocator([float(t) for t in ticks]))
     axis.set_major_formatter(ScalarFormatter())
     axis.set_minor_locator(NullLocator())
 
 
-def _load(path: str, flag: str) -> dict:
+def _load(path: str, flag: str, key: str) -> dict:
+    """The JSON at ``path``, which must hold ``key`` (the benchmark section it plots)."""
     if not os.path.isfile(path):
         raise SystemExit(f"{flag}: no file {path!r} (run the benchmark named in "
                          f"docs/PERFORMANCE.md, or pass the JSON it wrote)")
     with open(path) as f:
-        return json.load(f)
+        result = json.load(f)
+    if key not in result:
+        raise SystemExit(f"{flag}: {path!r} has no {key!r} (it holds {sorted(result)}): "
+                         f"not the benchmark this flag plots")
+    return result
 
 
 def seed_ratios(result: dict) -> dict[tuple[int, int], tuple[list[int], list[float]]]:
@@ -254,14 +262,14 @@ def main(argv=None) -> list[str]:
         help="comma-separated folders of bench_cpu_dots.sh results")
     args = p.parse_args(argv)
 
-    seeds = [_load(path, "--seeds") for path in args.seeds.split(",")]
-    growth = _load(args.growth, "--growth")
+    seeds = [_load(path, "--seeds", "rows") for path in args.seeds.split(",")]
+    growth = _load(args.growth, "--growth", "growth")
     labelled = []
     for item in args.throughput.split(","):
         label, sep, path = item.partition("=")
         if not sep:
             raise SystemExit(f"--throughput: {item!r} is not LABEL=FILE")
-        labelled.append((label, _load(path, "--throughput")))
+        labelled.append((label, _load(path, "--throughput", "throughput")))
     folders = args.cpu_dots.split(",")
     for folder in folders:
         if not os.path.isdir(folder):

@@ -96,6 +96,12 @@ def test_missing_input_is_one_error_naming_the_flag(tmp_path):
         pp.main([f"--out={tmp_path}", f"--growth={tmp_path / 'missing.json'}"])
 
 
+def test_a_result_of_another_benchmark_is_refused_by_name(tmp_path):
+    wrong = os.path.join(ROOT, "benchmarks", "results", "bench_train_growth_eigen_cpu.json")
+    with pytest.raises(SystemExit, match="--seeds: .*has no 'rows'"):
+        pp.main([f"--out={tmp_path}", f"--seeds={wrong}"])
+
+
 def test_docs_command_draws_the_four_figures_from_the_shipped_results(tmp_path):
     proc = subprocess.run([sys.executable, "benchmarks/plot_performance.py",
                            f"--out={tmp_path}"], cwd=ROOT, capture_output=True, text=True,
