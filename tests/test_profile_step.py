@@ -129,8 +129,16 @@ def test_profile_step_end_to_end(tmp_path):
         # nearly all operation time is attributed to a part of the step
         assert groups.get(ps.UNATTRIBUTED, 0.0) < 0.25 * r["thread_ms_total"], groups
         assert 0 < r["busy_ms"] <= r["thread_ms_total"] + 1e-9
+        assert r["trace_coverage"] == pytest.approx(r["busy_ms"] / r["step_ms"])
         assert r["step_ms"] > 0
     assert "optimiser update" in proc.stdout and "step wall time" in proc.stdout
+
+
+def test_coverage_warning_only_below_the_bound():
+    row = {"seeds": 3, "step_ms": 19.0, "trace_coverage": 0.34}
+    assert "cover only 34%" in ps.coverage_warning(row)
+    assert "not the step's split" in ps.coverage_warning(row)
+    assert ps.coverage_warning(dict(row, trace_coverage=ps.MIN_TRACE_COVERAGE)) == ""
 
 
 def test_profile_step_rejects_bad_seeds():
