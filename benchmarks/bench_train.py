@@ -345,12 +345,13 @@ class _OptimiserRunner:
     """The optimiser update alone (gradient clipping + Adam + apply) of all seeds' state:
     what every step pays per seed whatever the batch."""
 
-    def __init__(self, method, config, mesh, layout):
+    def __init__(self, method, config, mesh, layout, warm_up: bool = True):
         self.state = train.init_state(method, config, mesh, layout)
         self.grads = jax.tree.map(lambda p: p * 1e-3, self.state.params)
         self.fn = jax.jit(jax.vmap(lambda st, g: st.apply_gradients(grads=g)),
                           donate_argnums=(0,))
-        self.run(1)
+        if warm_up:   # compiles self.fn
+            self.run(1)
 
     def run(self, n: int) -> float:
         t0 = time.perf_counter()
@@ -451,8 +452,9 @@ class _MatmulsRunner:
     device need for one step's products; no fusion or schedule of the rest of the step can
     make the step faster than this plus the optimiser update."""
 
-    def __init__(self, method, state, batch):
-        """``state``: a train state of the step (only its shapes are read)."""
+    def __init__(self, method, state, batch, warm_up: bool = True):
+        """``state``: a train state of the step (only its shapes are read); ``warm_up``:
+        compile and run ``fn`` once (off when only the operands and products are wanted)."""
         eqns = jaxpr_matmuls(jax.make_jaxpr(steps.make_train_step(method, 1))(state, batch))
         key = jax.random.PRNGKey(0)
         self.operands = []
@@ -461,10 +463,12 @@ class _MatmulsRunner:
             self.operands.append(tuple(jax.random.normal(k, v.aval.shape, v.aval.dtype)
                                        for k, v in zip(keys, eqn.invars)))
         prims = [(eqn.primitive, dict(eqn.params)) for eqn in eqns]
+        self.prims = prims   # bench_seed_floor.py runs them in a scan
         self.fn = jax.jit(lambda ops: [p.bind(*o, **kw) for (p, kw), o in zip(prims, ops)])
         self.count = len(eqns)
         self.flops = sum(matmul_flops(e) for e in eqns)
-        self.run(1)
+        if warm_up:
+            self.run(1)
 
     def run(self, n: int) -> float:
         t0 = time.perf_counter()

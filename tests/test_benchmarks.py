@@ -377,3 +377,41 @@ def test_bench_cpu_dots_script_runs_both_libraries(tmp_path):
         assert result["info"]["cpu_dots"] == lib
         assert [(r["batch"], r["seeds"]) for r in result["rows"]] == [(8, 1)]
     assert proc.stdout.count("ms/step") == 2
+
+
+def test_bench_seed_floor_tiny_run(tmp_path):
+    """The scanned step, products and optimiser for 1 and 2 seeds: the floor is their sum,
+    the products are the step's (2 seeds: exactly twice one seed's FLOPs, the same count)."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import bench_seed_floor
+    out = tmp_path / "floor.json"
+    rows = bench_seed_floor.main(["--batch=4", "--seeds=1,2", "--n=2", "--rounds=1",
+                                  "--calls=2", f"--out={out}"])
+    assert [(r["seeds"], r["steps_per_call"]) for r in rows] == [(1, 2), (2, 2)]
+    one, two = rows
+    assert two["products_flops"] == 2 * one["products_flops"] > 0
+    assert two["products_count"] == one["products_count"] > 10
+    for r in rows:
+        assert r["step_ms"] > 0 and r["optimiser_ms"] > 0 and r["products_ms"] > 0
+        assert r["floor_ms"] == pytest.approx(r["optimiser_ms"] + r["products_ms"])
+        assert r["floor_vs_one_seed"] == pytest.approx(r["floor_ms"] / one["step_ms"])
+    assert one["step_vs_one_seed"] == 1.0
+    assert json.loads(out.read_text())["rows"] == rows
+    for bad in (["--n=0"], ["--seeds=0"], ["--calls=0"]):
+        with pytest.raises(SystemExit):
+            bench_seed_floor.parse_args(bad)
+
+
+def test_bench_seed_floor_times_per_iteration():
+    """Seconds per scanned iteration: a call of n iterations divided by n and by the calls."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import time
+    import bench_seed_floor
+
+    def call(carry):   # stands for a scanned call of 4 iterations taking 20 ms
+        time.sleep(0.02)
+        return carry + 1
+
+    seconds, carry = bench_seed_floor.best_per_iteration(call, 0, 4, 2, 3)
+    assert carry == 1 + 2 * 3                       # warm-up, then rounds x calls
+    assert 0.005 <= seconds < 0.0075
