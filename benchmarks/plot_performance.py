@@ -5,7 +5,8 @@ results the page quotes):
 
 - ``seeds.png``: the training loop's time per step for 1-16 vmapped seeds, relative to one
   seed, per batch size (``bench_steps_per_call.py``), beside the issue's target (8 seeds <= 3x
-  one seed) and the no-sharing line (S seeds = S x one seed).
+  one seed), the no-sharing line (S seeds = S x one seed) and the floor of the seeds' step
+  (their products and optimiser update alone, ``bench_seed_floor.py``).
 - ``growth.png``: step time against the number of measurements K, modalities M and the latent
   dimension D, log-log, with the fitted exponent (``bench_train.py --sections=growth``).
 - ``throughput.png``: the step's FLOP/s as a fraction of a comparable matrix product measured
@@ -80,14 +81,29 @@ def seed_ratios(result: dict) -> dict[tuple[int, int], tuple[list[int], list[flo
     return out
 
 
-def seeds_figure(results: list[dict]) -> Figure:
+def floor_points(result: dict) -> tuple[int, list[int], list[float]]:
+    """``(batch, seeds, floor / one seed's step)`` of one ``bench_seed_floor.py`` result."""
+    rows = result["rows"]
+    return (int(rows[0]["batch"]), [int(r["seeds"]) for r in rows],
+            [float(r["floor_vs_one_seed"]) for r in rows])
+
+
+def seeds_figure(results: list[dict], floors: list[dict] = ()) -> Figure:
+    """Lines: ``bench_steps_per_call.py`` results; hollow markers: ``bench_seed_floor.py``
+    results (the products and optimiser alone), coloured as the line of the same batch."""
     fig = Figure(figsize=(5.5, 4))
     ax = fig.subplots()
-    top = 1
+    top, colours = 1, {}
     for result in results:
         for (batch, per_call), (seeds, ratios) in seed_ratios(result).items():
-            ax.plot(seeds, ratios, "o-", label=f"batch {batch}")
+            (line,) = ax.plot(seeds, ratios, "o-", label=f"batch {batch}")
+            colours[batch] = line.get_color()
             top = max(top, max(seeds))
+    for result in floors:
+        batch, seeds, ratios = floor_points(result)
+        ax.plot(seeds, ratios, "s--", mfc="none", lw=0.8, color=colours.get(batch),
+                label=f"batch {batch}: products + optimiser alone")
+        top = max(top, max(seeds))
     xs = np.array([1, top])
     ax.plot(xs, xs, "k:", lw=1, label="S x one seed (no sharing)")
     ax.plot(*SEEDS_TARGET, "r*", ms=14, label=f"target: {SEEDS_TARGET[0]} seeds "
@@ -253,6 +269,10 @@ def main(argv=None) -> list[str]:
     p.add_argument("--seeds", default=",".join(
         os.path.join(RESULTS, f"bench_steps_per_call_seeds16_b{b}_cpu.json")
         for b in (16, 64, 512)), help="comma-separated bench_steps_per_call.py results")
+    p.add_argument("--seed_floors", default=",".join(
+        os.path.join(RESULTS, f"bench_seed_floor_b{b}_cpu.json") for b in (16, 64)),
+        help="comma-separated bench_seed_floor.py results drawn on the seeds figure "
+             "('' for none)")
     p.add_argument("--growth", default=os.path.join(RESULTS, "bench_train_growth_eigen_cpu.json"))
     p.add_argument("--throughput", default=",".join(
         f"{lib}={os.path.join(RESULTS, f'bench_train_throughput_{lib}_cpu.json')}"
@@ -263,6 +283,8 @@ def main(argv=None) -> list[str]:
     args = p.parse_args(argv)
 
     seeds = [_load(path, "--seeds", "rows") for path in args.seeds.split(",")]
+    floors = [_load(path, "--seed_floors", "rows")
+              for path in args.seed_floors.split(",") if path]
     growth = _load(args.growth, "--growth", "growth")
     labelled = []
     for item in args.throughput.split(","):
@@ -280,7 +302,7 @@ def main(argv=None) -> list[str]:
 
     os.makedirs(args.out, exist_ok=True)
     written = []
-    for name, fig in (("seeds", seeds_figure(seeds)), ("growth", growth_figure(growth)),
+    for name, fig in (("seeds", seeds_figure(seeds, floors)), ("growth", growth_figure(growth)),
                       ("throughput", throughput_figure(labelled)),
                       ("cpu_dots", cpu_dots_figure(pairs))):
         path = os.path.join(args.out, f"{name}.png")

@@ -46,6 +46,17 @@ def test_seeds_figure_plots_the_ratios_and_the_target():
     assert target == [[[8.0, 3.0]]]
 
 
+def test_seeds_figure_draws_the_floor_in_the_colour_of_its_batch():
+    floor = {"rows": [{"batch": 16, "seeds": 1, "floor_vs_one_seed": 0.6},
+                      {"batch": 16, "seeds": 8, "floor_vs_one_seed": 3.7}]}
+    assert pp.floor_points(floor) == (16, [1, 8], [0.6, 3.7])
+    fig = pp.seeds_figure([{"rows": _rows(16, {1: 1.0, 8: 5.0})}], [floor])
+    lines = {line.get_label(): line for line in fig.axes[0].get_lines()}
+    floor_line = lines["batch 16: products + optimiser alone"]
+    assert floor_line.get_xydata().tolist() == [[1.0, 0.6], [8.0, 3.7]]
+    assert floor_line.get_color() == lines["batch 16"].get_color()
+
+
 def _pair_files(folder, lib, rows):
     with open(folder / f"synthetic_b16_s1-8_{lib}.json", "w") as f:
         json.dump({"rows": rows}, f)
