@@ -462,8 +462,8 @@ class _MatmulsRunner:
             keys = jax.random.split(jax.random.fold_in(key, i), len(eqn.invars))
             self.operands.append(tuple(jax.random.normal(k, v.aval.shape, v.aval.dtype)
                                        for k, v in zip(keys, eqn.invars)))
-        prims = [(eqn.primitive, dict(eqn.params)) for eqn in eqns]
-        self.prims = prims   # bench_seed_floor.py runs them in a scan
+        # (primitive, params) of each product; bench_seed_floor.py runs them in a scan
+        self.prims = prims = [(eqn.primitive, dict(eqn.params)) for eqn in eqns]
         self.fn = jax.jit(lambda ops: [p.bind(*o, **kw) for (p, kw), o in zip(prims, ops)])
         self.count = len(eqns)
         self.flops = sum(matmul_flops(e) for e in eqns)

@@ -221,8 +221,8 @@ def profile_seeds(model: str, batch: int, seeds: int, args) -> dict:
 
 
 # Below this share of the step's wall time covered by traced operations, the trace is taken
-# to miss work. Measured (docs/PERFORMANCE.md, *Where the seeds' time goes*): 0.78-0.93 at
-# batch <= 512 with YNNPACK products; 0.34 with Eigen products at 3 seeds x 512, whose
+# to miss work. Measured (docs/PERFORMANCE.md, *Where the seeds' time goes*), 3 seeds x 512:
+# 0.76 with YNNPACK products (one thread each at 512 rows); 0.34 with Eigen products, whose
 # products then show 5.4 thread-ms for the step's ~2.1 GFLOP: 380 GFLOP/s of thread time,
 # while products of that size run at ~200 GFLOP/s on both cores. Their work runs on
 # threads the trace does not show.
@@ -264,9 +264,8 @@ def print_table(rows: list[dict]) -> None:
     busy_r = "".join(f"{r['busy_ms'] / base['busy_ms']:14.2f}" for r in rows[1:])
     print(f"{'time any operation runs':36s}{busy}{busy_r}")
     print(f"{'step wall time (no profiler)':36s}{wall}{wall_r}")
-    for r in rows:
-        if coverage_warning(r):
-            print(coverage_warning(r))
+    for note in filter(None, map(coverage_warning, rows)):
+        print(note)
 
 
 def parse_args(argv=None):
