@@ -23,7 +23,6 @@ gradient three times: 44 bytes per parameter with the clipping norm, 36 for ``st
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -122,13 +121,7 @@ def main(argv=None) -> list[dict]:
                          "loop_fusions": _loop_fusions(compiled)})
     print_table(rows)
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump({"info": {"device": str(jax.devices()[0]), "jax": jax.__version__,
-                                "argv": sys.argv[1:] if argv is None else list(argv),
-                                "malloc_tuning": malloc,
-                                "cpu_dispatch": dispatch["dispatch"], "cpu_dots": dispatch["dots"]},
-                       "rows": rows}, f, indent=1)
-        print(f"wrote {args.out}")
+        bt.write_rows(args.out, argv, malloc, dispatch, rows)
     return rows
 
 

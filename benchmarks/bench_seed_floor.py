@@ -24,7 +24,6 @@ Times are the best round of ``--rounds``, per iteration (ms per step).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -126,15 +125,7 @@ def main(argv=None) -> list[dict]:
         print(f"  seeds={r['seeds']}: step {r['step_vs_one_seed']:.2f}x one seed's step, "
               f"floor (products + optimiser alone) {r['floor_vs_one_seed']:.2f}x")
     if args.out:
-        import jax
-        with open(args.out, "w") as f:
-            json.dump({"info": {"device": str(jax.devices()[0]), "jax": jax.__version__,
-                                "argv": sys.argv[1:] if argv is None else list(argv),
-                                "malloc_tuning": malloc, "cpu_dispatch": dispatch["dispatch"],
-                                "cpu_dots": dispatch["dots"],
-                                "load_avg_at_end": list(os.getloadavg())},
-                       "rows": rows}, f, indent=1)
-        print(f"wrote {args.out}")
+        bt.write_rows(args.out, argv, malloc, dispatch, rows)
     return rows
 
 

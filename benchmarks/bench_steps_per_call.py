@@ -107,12 +107,7 @@ def main(argv=None) -> list[dict]:
                   f"{dispatch['dots']} products)",
                   flush=True)
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump({"info": {"argv": sys.argv[1:] if argv is None else list(argv),
-                                "malloc_tuning": malloc, "cpu_dispatch": dispatch["dispatch"],
-                                "cpu_dots": dispatch["dots"],
-                                "load_avg_at_end": os.getloadavg()}, "rows": rows}, f, indent=1)
-        print(f"wrote {args.out}")
+        bt.write_rows(args.out, argv, malloc, dispatch, rows)
     return rows
 
 

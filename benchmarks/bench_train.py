@@ -918,6 +918,19 @@ def add_host_arguments(parser: argparse.ArgumentParser) -> None:
                              "Default: as XLA_FLAGS has it")
 
 
+def write_rows(path: str, argv, malloc: dict, dispatch: dict, rows: list) -> None:
+    """The JSON of a per-row benchmark (bench_optimizer, bench_seed_floor,
+    bench_steps_per_call, profile_step): ``{"info": device, jax, argv, host settings and
+    the load at the end, "rows": rows}``; ``argv`` None: the command line's."""
+    info = {"device": str(jax.devices()[0]), "jax": jax.__version__,
+            "argv": sys.argv[1:] if argv is None else list(argv), "malloc_tuning": malloc,
+            "cpu_dispatch": dispatch["dispatch"], "cpu_dots": dispatch["dots"],
+            "load_avg_at_end": list(os.getloadavg())}
+    with open(path, "w") as f:
+        json.dump({"info": info, "rows": rows}, f, indent=1)
+    print(f"wrote {path}")
+
+
 def apply_host_settings(args) -> tuple[dict, dict]:
     """``(malloc, dispatch)``: :func:`host_memory.tune_malloc` unless ``--malloc_tuning=off``,
     :func:`host_memory.set_cpu_dispatch` with ``--cpu_dispatch`` and, when given,

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import collections
 import glob
-import json
 import os
 import re
 import sys
@@ -301,13 +300,7 @@ def main(argv=None) -> list[dict]:
               flush=True)
     print_table(rows)
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump({"info": {"device": str(jax.devices()[0]), "jax": jax.__version__,
-                                "argv": sys.argv[1:] if argv is None else list(argv),
-                                "malloc_tuning": malloc,
-                                "cpu_dispatch": dispatch["dispatch"], "cpu_dots": dispatch["dots"]},
-                       "rows": rows}, f, indent=1)
-        print(f"wrote {args.out}")
+        bt.write_rows(args.out, argv, malloc, dispatch, rows)
     return rows
 
 
