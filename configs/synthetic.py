@@ -23,14 +23,12 @@ from __future__ import annotations
 
 import ml_collections
 
+import synthetic
 from configs import default
 
-CASES = {
-    "case1": "numerical_case1",
-    "case2": "numerical_case2",
-    "case3": "numerical_case3",
-    "content_style": "content_style",
-}
+# Variant name -> preset: case1..case3 (synthetic.NUMERICAL_PRESETS) and content_style.
+CASES = {**{p.removeprefix("numerical_"): p for p in synthetic.NUMERICAL_PRESETS},
+         "content_style": "content_style"}
 
 
 def apply_smoke(config: ml_collections.ConfigDict) -> None:

@@ -6,8 +6,9 @@ import os
 import orbax.checkpoint as ocp
 
 
-def manager(workdir: str, keep: int = 2) -> ocp.CheckpointManager:
-    path = os.path.abspath(os.path.join(workdir, "checkpoints"))
+def manager(workdir: str, keep: int = 2, subdir: str = "checkpoints") -> ocp.CheckpointManager:
+    """A manager of ``workdir/subdir`` keeping the last ``keep`` checkpoints."""
+    path = os.path.abspath(os.path.join(workdir, subdir))
     options = ocp.CheckpointManagerOptions(max_to_keep=max(int(keep), 1), create=True)
     return ocp.CheckpointManager(path, options=options)
 

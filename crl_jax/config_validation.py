@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import synthetic
-from crl_jax import methods, steps
+from crl_jax import methods
+from crl_jax.host import autotune
 from crl_jax.models import networks, vae
 
 
@@ -67,7 +68,7 @@ def validate(config, n_devices: int) -> None:
     _require(per_call == -1 or int(t.log_every) % per_call == 0, "train.steps_per_call",
              f"{per_call} does not divide train.log_every={t.log_every} (metrics are checked "
              f"between calls); use a divisor of it, 1, or -1 (auto: the largest divisor up "
-             f"to {steps.AUTO_STEPS_PER_CALL})")
+             f"to {autotune.AUTO_STEPS_PER_CALL})")
     _require(int(t.checkpoint_every) >= 1 and int(t.checkpoint_every) % int(t.log_every) == 0,
              "train.checkpoint_every",
              f"must be a positive multiple of train.log_every ({t.log_every}) so that every "

@@ -1,4 +1,9 @@
-"""``report.json`` and ``report.md`` of a run."""
+"""What a run writes about itself: ``config.json``, ``report.json`` and ``report.md``.
+
+The one writer of these files for every pipeline (``crl_jax.experiments``): a report dict with
+``"source": "synthetic"`` (held-out identifiability metrics) or ``"personax"`` (real data: loss
+terms and the graphs found on the learned latents) is rendered by its own markdown function.
+"""
 from __future__ import annotations
 
 import json
@@ -29,7 +34,27 @@ def _pm(stat: dict) -> str:
     return f"{stat['mean']:.3f} ± {stat['std']:.3f}"
 
 
+def latent_names(block_slices) -> list[str]:
+    """``block_i`` for every latent dimension, in the latent order (``{block: slice}``)."""
+    return [f"{block}_{i}" for block, sl in block_slices.items()
+            for i in range(sl.stop - sl.start)]
+
+
+def write_config(workdir: str, config) -> str:
+    path = os.path.join(workdir, "config.json")
+    with open(path, "w") as f:
+        f.write(config.to_json_best_effort(indent=1))
+    return path
+
+
 def markdown(report: dict) -> str:
+    """``report.md`` of either pipeline."""
+    if report.get("source") == "personax":
+        return _markdown_personax(report)
+    return _markdown_synthetic(report)
+
+
+def _markdown_synthetic(report: dict) -> str:
     s = report["evaluation"]["summary"]
     lines = [f"# crl_jax run: {report['model']} on {report['preset']}", "",
              f"- seeds: {report['num_seeds']}, steps: {report['steps']}, "
@@ -62,19 +87,58 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def clean(report: dict) -> dict:
-    """The JSON-ready report (what :func:`write` saves as report.json)."""
-    out = jsonable({k: v for k, v in report.items() if k != "evaluation"})
-    ev = dict(report["evaluation"])
-    ev.pop("test_latents", None)
-    out["evaluation"] = jsonable(ev)
+def clean(report: dict, nan_as_null: bool = False) -> dict:
+    """The JSON-ready report (what :func:`write` saves as report.json): the test latents
+    left out, numpy values as plain numbers."""
+    out = jsonable({k: v for k, v in report.items() if k != "evaluation"}, nan_as_null)
+    if "evaluation" in report:
+        ev = dict(report["evaluation"])
+        ev.pop("test_latents", None)
+        out["evaluation"] = jsonable(ev, nan_as_null)
     return out
 
 
-def write(workdir: str, report: dict) -> dict:
-    clean_report = clean(report)
+def write(workdir: str, report: dict, nan_as_null: bool = False) -> dict:
+    """Write ``report.json`` and ``report.md``; returns the JSON-ready report.
+    ``nan_as_null``: strict JSON (non-finite numbers as ``null``)."""
+    clean_report = clean(report, nan_as_null)
     with open(os.path.join(workdir, "report.json"), "w") as f:
         json.dump(clean_report, f, indent=1)
     with open(os.path.join(workdir, "report.md"), "w") as f:
         f.write(markdown(clean_report))
     return clean_report
+
+
+def _markdown_personax(report: dict) -> str:
+    dd, tr = report["data"], report["training"]
+    nr = dd["nan_report"]
+    lines = [f"# crl_jax PersonaX run: {report['model']} on {dd['path']}", "",
+             f"- rows: {nr['n_rows_in']} in the table, {nr['n_rows_out']} used "
+             f"(NaN policy {nr['nan_policy']}: {nr['rows_dropped']} rows dropped, "
+             f"{nr['values_imputed']} values imputed; rows with a missing image / text embedding: "
+             f"{nr.get('image_rows_with_nan', 0)} / {nr.get('text_rows_with_nan', 0)}); "
+             f"train {dd['n_train']}, validation {dd['n_val']}",
+             f"- measurements: image K={dd['n_measurements']['image']} (d={dd['embedding_dims']['image']}), "
+             f"text K={dd['n_measurements']['text']} (d={dd['embedding_dims']['text']}); latents: "
+             + ", ".join(f"{b} {len(v)}" for b, v in report["latent_blocks"].items()),
+             f"- seeds: {tr['num_seeds']}, steps: {tr['steps']}, training wall time {tr['train_seconds']:.1f} s, "
+             f"devices: {tr['devices']}", "",
+             "## Loss terms after training (per seed, same sampling key for both splits)", "",
+             "| split | loss | recon | kl | tie |", "| --- | --- | --- | --- | --- |"]
+    for split, terms in report["loss_terms"].items():
+        if terms:
+            lines.append(f"| {split} | " + " | ".join(
+                ", ".join(f"{v:.4g}" for v in terms[k]) for k in ("loss", "recon", "kl", "tie")) + " |")
+    for seed, g in report["causal_discovery"].items():
+        lines += ["", f"## PC on the learned latents (seed {seed})", "",
+                  f"{g['indep_test']}, alpha {g['alpha']}, {g['n_used']} rows, {g['seconds']:.1f} s; "
+                  "no edges into the shared latents (background knowledge). "
+                  f"![pc graph]({os.path.basename(g['png'])})", "",
+                  "| source | target | type |", "| --- | --- | --- |"]
+        lines += [f"| {e['source']} | {e['target']} | {e['type']} |" for e in g["edges"]] or ["| (none) | | |"]
+    for seed, g in report.get("prior_graph", {}).items():
+        lines += ["", f"## Learned adjacency of the causal prior (seed {seed}, |W| > {g['threshold']})", "",
+                  f"{len(g['edges'])} edges; skeleton overlap with PC: {g['agreement_with_pc']['common']} "
+                  f"common adjacencies (Jaccard {g['agreement_with_pc']['jaccard']:.2f})"
+                  + (f" ![prior graph]({os.path.basename(g['png'])})" if g.get("png") else "")]
+    return "\n".join(lines) + "\n"

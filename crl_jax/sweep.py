@@ -6,7 +6,7 @@
     python -m crl_jax.sweep ... --sweep_index=3    # one entry (cluster job arrays)
     python -m crl_jax.sweep ... --aggregate_only   # re-aggregate what has finished
 
-Each entry runs ``train.train_and_evaluate`` in ``DIR/<entry-name>/`` (the seeds of an entry
+Each entry runs :func:`crl_jax.experiments.run` in ``DIR/<entry-name>/`` (the seeds of an entry
 train together on the vmapped seed axis). An entry with a ``report.json`` is finished and
 skipped; an interrupted entry resumes from its checkpoints. An entry whose training diverges
 gets a ``failed.json`` and the sweep goes on; rerunning retries it. After running every entry
@@ -23,7 +23,8 @@ import time
 
 import jax
 
-from crl_jax import config_validation, cpu_dots, experiment, host_memory, parallel, train
+from crl_jax import config_validation, experiments, host, parallel, train
+from crl_jax.experiments import synthetic as synthetic_experiment
 from crl_jax.sweeps import aggregate, grid, plots
 
 
@@ -35,7 +36,7 @@ def _validate(entries) -> None:
             config_validation.validate(e.config, n_devices=n_devices)
             if e.config.data.get("source", "synthetic") == "synthetic":
                 config_validation.validate_against_spec(
-                    e.config, experiment.build_spec(e.config.data))
+                    e.config, synthetic_experiment.build_spec(e.config.data))
         except ValueError as err:
             raise ValueError(f"sweep entry {e.index} ({e.name}): {err}") from err
 
@@ -73,9 +74,6 @@ def run_sweep(sweep_config, workdir: str, *, sweep_index: int | None = None,
     if aggregate_only:
         return aggregate_sweep(sweep_config, workdir, entries, command)
     selected = entries if sweep_index is None else [entries[sweep_index]]
-    # one process runs every selected entry: one products library for all of them, chosen
-    # before JAX's backend starts, which _validate does (each entry's report records it)
-    cpu_dots.apply([e.config for e in selected])
     _validate(entries)
     aggregate.write_atomic(os.path.join(workdir, "sweep.json"), json.dumps(
         {"name": sweep_config.name, "entries": [{"index": e.index, "name": e.name,
@@ -97,7 +95,7 @@ def run_sweep(sweep_config, workdir: str, *, sweep_index: int | None = None,
             json.dump(e.setting, f, default=str)
         t_entry = time.time()
         try:
-            train.train_and_evaluate(e.config, run_dir)
+            experiments.run(e.config, run_dir)
         except train.TrainingDiverged as err:
             with open(failed, "w") as f:
                 json.dump({"error": str(err)}, f)
@@ -114,13 +112,29 @@ def run_sweep(sweep_config, workdir: str, *, sweep_index: int | None = None,
     return out
 
 
+def selected_configs(sweep_config, sweep_index: int | None = None) -> list:
+    """The training configs this process will run (all entries, or one of a job array)."""
+    entries = grid.make_entries(sweep_config)
+    if sweep_index is not None and 0 <= sweep_index < len(entries):
+        entries = [entries[sweep_index]]
+    return [e.config for e in entries]
+
+
+def start(sweep_config, sweep_index: int | None = None) -> dict:
+    """Host settings for the entries this process runs (they share one process, hence one
+    products library: :func:`crl_jax.host.setup` picks one for all), then the distributed
+    runtime when asked for; before any JAX computation."""
+    settings = host.setup(selected_configs(sweep_config, sweep_index), verbose=True)
+    parallel.maybe_initialize_distributed()
+    return settings
+
+
 def main(argv):
     from absl import logging
     if len(argv) > 1:
         raise ValueError(f"Unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)
-    host_memory.set_cpu_dispatch()  # before JAX's backend starts (it reads it then)
-    parallel.maybe_initialize_distributed()
+    start(FLAGS.config, FLAGS.sweep_index)
     command = "python -m crl_jax.sweep " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     run_sweep(FLAGS.config, FLAGS.workdir, sweep_index=FLAGS.sweep_index,
               aggregate_only=FLAGS.aggregate_only, command=command)

@@ -1,7 +1,7 @@
 """Synthetic multimodal, multi-measurement causal generative processes (see synthetic/README.md)."""
 
-from synthetic.presets import PRESETS, get_spec
+from synthetic.presets import NUMERICAL_PRESETS, PRESETS, get_spec
 from synthetic.process import Process, Sample, load_process, make_process
 from synthetic.spec import ModalitySpec, Spec
 
-__all__ = ["PRESETS", "ModalitySpec", "Process", "Sample", "Spec", "get_spec", "load_process", "make_process"]
+__all__ = ["NUMERICAL_PRESETS", "PRESETS", "ModalitySpec", "Process", "Sample", "Spec", "get_spec", "load_process", "make_process"]

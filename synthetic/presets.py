@@ -103,6 +103,8 @@ _BUILDERS: dict[str, Callable[..., Spec]] = {
     "content_style": _content_style,
 }
 PRESETS: tuple[str, ...] = tuple(_BUILDERS)
+# The vector presets of Sun et al. App. D.1 (they take n_measurements, shared_dim, obs_dims).
+NUMERICAL_PRESETS: tuple[str, ...] = tuple(p for p in PRESETS if p.startswith("numerical_"))
 
 
 def get_spec(preset_name: str, **overrides: Any) -> Spec:

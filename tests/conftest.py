@@ -25,8 +25,9 @@ _CACHE = Path(os.environ.setdefault(
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
-# Tests run with the CPU dispatch the entry points use (inline unless $CRL_JAX_CPU_DISPATCH
-# says otherwise); JAX reads it when its backend starts, so before any test touches JAX.
-from crl_jax import host_memory  # noqa: E402
+# Tests run with the host settings the entry points use (inline CPU dispatch unless
+# $CRL_JAX_CPU_DISPATCH says otherwise, glibc malloc tuning; XLA's default products library):
+# JAX reads them when its backend starts, so before any test touches JAX.
+from crl_jax import host  # noqa: E402
 
-host_memory.set_cpu_dispatch()
+host.setup()

@@ -1,4 +1,4 @@
-"""crl_jax.cpu_dots: which library runs XLA:CPU's products, chosen per run before JAX starts.
+"""crl_jax.host.dots: which library runs XLA:CPU's products, chosen per run before JAX starts.
 
 The choice is an XLA flag read when the backend starts, so what it does is checked in fresh
 child processes: the compiled products are YNNPACK fusions or not, as asked."""
@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 
 from configs import synthetic, variant_mnist
-from crl_jax import cpu_dots
+from crl_jax.host import dots as cpu_dots
 
 ROOT = Path(__file__).resolve().parents[1]
 
 PROBE = textwrap.dedent("""
     import json, sys
     from configs import synthetic
-    from crl_jax import cpu_dots
+    from crl_jax.host import dots as cpu_dots
     config = synthetic.get_config(sys.argv[1])
     out = {"set": cpu_dots.apply(config)}
     import jax, jax.numpy as jnp
@@ -144,23 +144,22 @@ def test_environment_override_in_a_fresh_process():
     assert out["set"]["dots"] == "ynnpack" and out["ynn_fusion"] is True
 
 
-def test_sweep_chooses_for_its_entries_before_jax_starts(monkeypatch, tmp_path):
+def test_sweep_chooses_for_the_entries_it_runs(monkeypatch):
+    """A sweep's entries share one process: crl_jax.sweep.start picks one products library
+    for the entries this process runs (all of them, or one of a job array)."""
     from configs.sweeps import methods
-    from crl_jax import sweep
+    from crl_jax import host, sweep
 
-    calls = []
-
-    def fake_validate(entries):
-        calls.append(("validate", len(entries)))
-        raise RuntimeError("stop here")
-
-    monkeypatch.setattr(sweep.cpu_dots, "apply",
-                        lambda configs: calls.append(("dots", len(configs))))
-    monkeypatch.setattr(sweep, "_validate", fake_validate)
+    seen = []
+    monkeypatch.setattr(host, "_settings", {})   # this worker's own settings stay as they are
+    monkeypatch.setattr(cpu_dots, "apply", lambda configs: seen.append(configs) or {
+        "dots": "ynnpack", "applied": True, "reason": "test"})
     sweep_config = methods.get_config("smoke")
-    with pytest.raises(RuntimeError, match="stop here"):
-        sweep.run_sweep(sweep_config, str(tmp_path), sweep_index=1)
-    assert calls == [("dots", 1), ("validate", len(sweep.grid.make_entries(sweep_config)))]
+    entries = sweep.grid.make_entries(sweep_config)
+    assert sweep.start(sweep_config, sweep_index=1)["cpu_dots"]["reason"] == "test"
+    sweep.start(sweep_config)
+    assert [len(c) for c in seen] == [1, len(entries)] and len(entries) > 1
+    assert seen[0][0].model.name == entries[1].config.model.name
 
 
 @pytest.mark.parametrize("rc, applies, words", [(0, True, ""), (3, False, "leaves YNNPACK"),

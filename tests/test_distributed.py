@@ -32,19 +32,20 @@ WORKER = textwrap.dedent(f"""
         if len(sys.argv) > 2 else ("", 0, -1)
     distributed = parallel.maybe_initialize_distributed(coordinator, num, pid)
     from configs import synthetic as cfgs
-    from crl_jax import experiment, input_pipeline, train
+    from crl_jax import input_pipeline, train
+    from crl_jax.experiments import synthetic as experiment
     config = cfgs.get_config("smoke")
     config.train.update(steps={STEPS}, warmup_steps=1, log_every=1, checkpoint_every={STEPS},
                         batch_size={BATCH}, num_seeds={SEEDS})
     config.model.hidden = (16,)
     config.model.prior_hidden = 4
     workdir = sys.argv[1]
-    process, method, mesh = train.setup(config, workdir)
+    process, method, mesh = experiment.setup(config, workdir)
     batches = input_pipeline.BatchSource.from_process(
         process, config.data, config.train, parallel.batch_sharding(mesh))
     local_shards = [list(s.data.shape) for s in batches(0)[0].addressable_shards]
     state, step = train.train(config, workdir, method, mesh, batches,
-                              experiment.data_layout(process.spec))
+                              experiment.model_layout(process.spec))
     params = jax.device_get(state.params)
     flat = {{jax.tree_util.keystr(k): np.asarray(v)
              for k, v in jax.tree_util.tree_leaves_with_path(params)}}

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from configs import synthetic as synthetic_config
-from crl_jax import experiment, input_pipeline, parallel
+from crl_jax import input_pipeline, parallel
+from crl_jax.experiments import synthetic as experiment
 
 
 def _source(train_size, num_seeds=2, batch_size=32, prefetch_steps=None):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from configs import synthetic as synthetic_config
-from crl_jax import methods, train
+from crl_jax import experiments, methods
 from crl_jax.methods import contrastive
 from crl_jax.models import vae
 
@@ -116,7 +116,7 @@ def test_contrastive_method_trains_on_smoke_and_reports_metrics(tmp_path, name):
     config.train.log_every = 5
     config.train.checkpoint_every = 10
     config.eval.plots = name == "mcl"   # the figures of a method without recon/kl/tie terms
-    report = train.train_and_evaluate(config, str(tmp_path))
+    report = experiments.run(config, str(tmp_path))
     if name == "mcl":
         for fig in ("training_curves.png", "latent_scatter.png", "r2_blocks.png"):
             assert (tmp_path / fig).stat().st_size > 0, fig

@@ -12,7 +12,7 @@ from scipy import stats
 from sklearn.decomposition import PCA, FastICA
 
 from configs import synthetic as synthetic_config
-from crl_jax import methods, train
+from crl_jax import experiments, methods
 from crl_jax.methods import controls
 from crl_jax.models import vae
 
@@ -36,7 +36,7 @@ def reports(tmp_path_factory):
     out = {}
     for name in ("oracle", "random_encoder", "pca", "fastica"):
         workdir = tmp_path_factory.mktemp(name)
-        out[name] = (train.train_and_evaluate(_smoke(name), str(workdir)), workdir)
+        out[name] = (experiments.run(_smoke(name), str(workdir)), workdir)
     return out
 
 

@@ -8,8 +8,9 @@ import optax
 import pytest
 
 from configs import synthetic as synthetic_config
-from crl_jax import (config_validation, experiment, host_memory, input_pipeline, methods, parallel,
-                     steps, train)
+from crl_jax import config_validation, input_pipeline, methods, parallel, steps, train
+from crl_jax.experiments import synthetic as experiment
+from crl_jax.host import autotune, memory
 from crl_jax.methods.base import Method
 
 
@@ -69,10 +70,11 @@ def test_deterministic_loss_same_update_as_one_pass(microbatches):
 def _personax(batch_size=48, num_seeds=2):
     config = synthetic_config.get_config("smoke")
     config.train.batch_size, config.train.num_seeds = batch_size, num_seeds
-    process, method, mesh = train.setup(config, None, mesh=parallel.make_mesh(jax.devices()[:1]))
+    process, method, mesh = experiment.setup(config, None,
+                                             mesh=parallel.make_mesh(jax.devices()[:1]))
     source = input_pipeline.BatchSource.from_process(process, config.data, config.train,
                                                      parallel.batch_sharding(mesh))
-    return config, method, mesh, source, experiment.data_layout(process.spec)
+    return config, method, mesh, source, experiment.model_layout(process.spec)
 
 
 def test_personax_gradient_is_mean_of_chunk_gradients_with_folded_keys():
@@ -119,7 +121,7 @@ def test_contrastive_method_refuses_microbatches():
     config.train.microbatch_size = -1
     config_validation.validate_against_method(config, mcl)
     state = train.init_state(mcl, config, mesh, layout)
-    assert train.resolve_microbatches(config, mcl, mesh, state, source(0)) == 1
+    assert autotune.resolve_microbatches(config, mcl, mesh, state, source(0)) == 1
 
 
 @pytest.mark.parametrize("value, devices, match", [
@@ -137,71 +139,71 @@ def test_invalid_microbatch_size_is_one_clear_error(value, devices, match):
 
 def test_choose_microbatches_one_pass_under_budget_then_chunks_under_their_share():
     mb = 2**20
-    assert (steps.AUTO_MICROBATCH_TEMP_MB, steps.AUTO_MICROBATCH_TEMP_MB_ASYNC,
-            steps.AUTO_MICROBATCH_CHUNK_MB, steps.AUTO_MICROBATCH_CHUNK_SHARE) == (
+    assert (autotune.AUTO_MICROBATCH_TEMP_MB, autotune.AUTO_MICROBATCH_TEMP_MB_ASYNC,
+            autotune.AUTO_MICROBATCH_CHUNK_MB, autotune.AUTO_MICROBATCH_CHUNK_SHARE) == (
         100.0, 60.0, 45.0, 0.75)
     # the cases measured in docs/PERFORMANCE.md (*Dispatch*), default budget (inline):
-    assert steps.choose_microbatches(26 * mb, 512, 1) == 1     # default run, 3 seeds x 512
-    assert steps.choose_microbatches(67 * mb, 1024, 1) == 1    # M = 8 at batch 1024
-    assert steps.choose_microbatches(67 * mb, 4096, 1) == 1    # numerical_case2 at 4096
-    assert steps.choose_microbatches(100 * mb, 1024, 1) == 1   # at the budget: one pass
-    assert steps.choose_microbatches(133 * mb, 8192, 1) == 4   # 3 does not split 8192
-    assert steps.choose_microbatches(266 * mb, 16384, 1) == 8  # shares of 33 MB <= 45
+    assert autotune.choose_microbatches(26 * mb, 512, 1) == 1     # default run, 3 seeds x 512
+    assert autotune.choose_microbatches(67 * mb, 1024, 1) == 1    # M = 8 at batch 1024
+    assert autotune.choose_microbatches(67 * mb, 4096, 1) == 1    # numerical_case2 at 4096
+    assert autotune.choose_microbatches(100 * mb, 1024, 1) == 1   # at the budget: one pass
+    assert autotune.choose_microbatches(133 * mb, 8192, 1) == 4   # 3 does not split 8192
+    assert autotune.choose_microbatches(266 * mb, 16384, 1) == 8  # shares of 33 MB <= 45
     # asynchronous dispatch's budget (*The auto rule since tune_malloc*)
-    assert steps.choose_microbatches(60 * mb, 1024, 1, budget_mb=60) == 1
-    assert steps.choose_microbatches(74 * mb, 1024, 1, budget_mb=60) == 2    # shares of 37
-    assert steps.choose_microbatches(83 * mb, 1024, 1, budget_mb=60) == 2    # 41.5 <= 45
-    assert steps.choose_microbatches(110 * mb, 1024, 1, budget_mb=60) == 4   # 55 > 45
+    assert autotune.choose_microbatches(60 * mb, 1024, 1, budget_mb=60) == 1
+    assert autotune.choose_microbatches(74 * mb, 1024, 1, budget_mb=60) == 2    # shares of 37
+    assert autotune.choose_microbatches(83 * mb, 1024, 1, budget_mb=60) == 2    # 41.5 <= 45
+    assert autotune.choose_microbatches(110 * mb, 1024, 1, budget_mb=60) == 4   # 55 > 45
     # an explicit budget: one pass up to it, then chunks of at most 0.75 of it
-    assert steps.choose_microbatches(32 * mb, 512, 1, budget_mb=32) == 1
-    assert steps.choose_microbatches(33 * mb, 512, 1, budget_mb=32) == 2
-    assert steps.choose_microbatches(49 * mb, 512, 1, budget_mb=32) == 4   # 24.5 > 24
+    assert autotune.choose_microbatches(32 * mb, 512, 1, budget_mb=32) == 1
+    assert autotune.choose_microbatches(33 * mb, 512, 1, budget_mb=32) == 2
+    assert autotune.choose_microbatches(49 * mb, 512, 1, budget_mb=32) == 4   # 24.5 > 24
     # 8 devices: only 1, 2, 3, 6 chunks keep every chunk a multiple of 8 rows
-    assert steps.choose_microbatches(70 * mb, 48, 8, budget_mb=32) == 3
-    assert steps.choose_microbatches(70 * mb, 64, 8, budget_mb=32) == 4
+    assert autotune.choose_microbatches(70 * mb, 48, 8, budget_mb=32) == 3
+    assert autotune.choose_microbatches(70 * mb, 64, 8, budget_mb=32) == 4
     # nothing fits: as many chunks as the devices allow
-    assert steps.choose_microbatches(10_000 * mb, 64, 8, budget_mb=32) == 8
+    assert autotune.choose_microbatches(10_000 * mb, 64, 8, budget_mb=32) == 8
 
 
 def test_choose_microbatches_keeps_chunks_large_against_the_parameters():
     """No chunk's share of the temporaries below 3x the parameters' bytes: the conv image
     model (26 MB of parameters) measured fastest in few large chunks (docs/PERFORMANCE.md)."""
     mb = 2**20
-    assert steps.AUTO_MICROBATCH_MIN_SHARE_OVER_PARAMS == 3.0
+    assert autotune.AUTO_MICROBATCH_MIN_SHARE_OVER_PARAMS == 3.0
     image = 25.6 * mb
-    assert steps.choose_microbatches(206 * mb, 64, 1, param_bytes=image) == 2      # not 8
-    assert steps.choose_microbatches(743 * mb, 256, 1, param_bytes=image) == 8     # not 32
-    assert steps.choose_microbatches(2889 * mb, 1024, 1, param_bytes=image) == 32  # not 128
+    assert autotune.choose_microbatches(206 * mb, 64, 1, param_bytes=image) == 2      # not 8
+    assert autotune.choose_microbatches(743 * mb, 256, 1, param_bytes=image) == 8     # not 32
+    assert autotune.choose_microbatches(2889 * mb, 1024, 1, param_bytes=image) == 32  # not 128
     # small models are not limited by it: numerical_case2 at 4096, 8 seeds x 512
-    assert steps.choose_microbatches(110 * mb, 4096, 1, param_bytes=0.86 * mb) == 4
-    assert steps.choose_microbatches(110 * mb, 512, 1, param_bytes=8 * 0.86 * mb) == 4
+    assert autotune.choose_microbatches(110 * mb, 4096, 1, param_bytes=0.86 * mb) == 4
+    assert autotune.choose_microbatches(110 * mb, 512, 1, param_bytes=8 * 0.86 * mb) == 4
     # parameters as large as the temporaries: one chunk is all the cap allows
-    assert steps.choose_microbatches(150 * mb, 64, 1, param_bytes=50 * mb) == 1
+    assert autotune.choose_microbatches(150 * mb, 64, 1, param_bytes=50 * mb) == 1
     # the cap counts only counts the devices allow (8 devices: 1, 2, 4, 8 for 64 rows)
-    assert steps.choose_microbatches(700 * mb, 64, 8, param_bytes=40 * mb) == 4
+    assert autotune.choose_microbatches(700 * mb, 64, 8, param_bytes=40 * mb) == 4
 
 
 def test_resolve_microbatches_explicit_and_auto(capsys, monkeypatch):
-    monkeypatch.setattr(host_memory, "cpu_dispatch_mode", lambda: "inline")
+    monkeypatch.setattr(memory, "cpu_dispatch_mode", lambda: "inline")
     config, method, mesh, source, layout = _personax(batch_size=48)
     state = train.init_state(method, config, mesh, layout)
     config.train.microbatch_size = 0
-    assert train.resolve_microbatches(config, method, mesh, state, source(0)) == 1
+    assert autotune.resolve_microbatches(config, method, mesh, state, source(0)) == 1
     config.train.microbatch_size = 12
-    assert train.resolve_microbatches(config, method, mesh, state, source(0)) == 4
+    assert autotune.resolve_microbatches(config, method, mesh, state, source(0)) == 4
     # auto: one pass under the budget; with a tiny budget it must split and say so
     config.train.microbatch_size = -1
-    n_default = train.resolve_microbatches(config, method, mesh, state, source(0))
+    n_default = autotune.resolve_microbatches(config, method, mesh, state, source(0))
     assert n_default == 1  # the smoke model's temporaries are far below the budget
-    old = steps.AUTO_MICROBATCH_TEMP_MB, steps.AUTO_MICROBATCH_MIN_SHARE_OVER_PARAMS
+    old = autotune.AUTO_MICROBATCH_TEMP_MB, autotune.AUTO_MICROBATCH_MIN_SHARE_OVER_PARAMS
     try:  # read at call time by choose_microbatches
-        steps.AUTO_MICROBATCH_TEMP_MB, steps.AUTO_MICROBATCH_MIN_SHARE_OVER_PARAMS = 1e-3, 0.0
-        n = train.resolve_microbatches(config, method, mesh, state, source(0))
+        autotune.AUTO_MICROBATCH_TEMP_MB, autotune.AUTO_MICROBATCH_MIN_SHARE_OVER_PARAMS = 1e-3, 0.0
+        n = autotune.resolve_microbatches(config, method, mesh, state, source(0))
         # the parameter floor alone (here far above a chunk's share) keeps one pass
-        steps.AUTO_MICROBATCH_MIN_SHARE_OVER_PARAMS = 1e6
-        n_floor = train.resolve_microbatches(config, method, mesh, state, source(0))
+        autotune.AUTO_MICROBATCH_MIN_SHARE_OVER_PARAMS = 1e6
+        n_floor = autotune.resolve_microbatches(config, method, mesh, state, source(0))
     finally:
-        steps.AUTO_MICROBATCH_TEMP_MB, steps.AUTO_MICROBATCH_MIN_SHARE_OVER_PARAMS = old
+        autotune.AUTO_MICROBATCH_TEMP_MB, autotune.AUTO_MICROBATCH_MIN_SHARE_OVER_PARAMS = old
     assert n_floor == 1
     assert n > 1 and 48 % n == 0
     assert "(auto)" in capsys.readouterr().out
@@ -214,8 +216,8 @@ def test_auto_budget_follows_the_cpu_dispatch(monkeypatch, dispatch, expected):
     config, method, mesh, source, layout = _personax(batch_size=48)
     state = train.init_state(method, config, mesh, layout)
     config.train.microbatch_size = -1
-    monkeypatch.setattr(host_memory, "cpu_dispatch_mode", lambda: dispatch)
-    assert train.resolve_microbatches(config, method, mesh, state, source(0),
+    monkeypatch.setattr(memory, "cpu_dispatch_mode", lambda: dispatch)
+    assert autotune.resolve_microbatches(config, method, mesh, state, source(0),
                                       one_pass_temp_bytes=80 * 2**20) == expected
 
 
@@ -223,11 +225,13 @@ def test_training_with_microbatches_runs_and_learns(tmp_path):
     config = synthetic_config.get_config("smoke")
     config.eval.plots = False
     config.train.microbatch_size = 16
-    process, method, mesh = train.setup(config, str(tmp_path))
+    process, method, mesh = experiment.setup(config, str(tmp_path))
     batches = input_pipeline.BatchSource.from_process(
         process, config.data, config.train, parallel.batch_sharding(mesh))
-    state, step = train.train(config, str(tmp_path), method, mesh, batches,
-                              experiment.data_layout(process.spec))
+    layout = experiment.model_layout(process.spec)
+    settings = autotune.loop_settings(config, method, mesh, batches, layout)
+    assert settings["microbatches"] == 64 // 16
+    state, step = train.train(config, str(tmp_path), method, mesh, batches, layout, **settings)
     assert step == config.train.steps
     import json
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]

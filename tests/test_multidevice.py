@@ -12,13 +12,14 @@ SCRIPT = textwrap.dedent("""
     assert jax.device_count() == 8, jax.devices()
     from configs import synthetic as cfgs
     from crl_jax import input_pipeline, parallel, train
+    from crl_jax.experiments import synthetic as experiment
     config = cfgs.get_config("smoke")
     config.train.batch_size = 64
     for microbatches in (1, 4):
         results = []
         for devices in (jax.devices()[:1], jax.devices()):
             mesh = parallel.make_mesh(devices)
-            process, method, mesh = train.setup(config, None, mesh=mesh)
+            process, method, mesh = experiment.setup(config, None, mesh=mesh)
             state = train.init_state(method, config, mesh, method.layout)
             step_fn = train.jit_train_step(method, mesh, microbatches)
             batches = input_pipeline.BatchSource.from_process(

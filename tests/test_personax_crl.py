@@ -1,4 +1,4 @@
-"""Real-data CRL pipeline (configs/personax.py, crl_jax/personax_crl.py, crl_jax/causal_discovery.py)."""
+"""Real-data CRL pipeline (configs/personax.py, crl_jax/experiments/personax.py, crl_jax/causal_discovery.py)."""
 from __future__ import annotations
 
 import json
@@ -12,7 +12,8 @@ import pytest
 
 from configs import personax as personax_config
 from crl_jax import causal_discovery as cd
-from crl_jax import config_validation, personax_crl
+from crl_jax import config_validation
+from crl_jax.experiments import personax as personax_crl
 from crl_jax.data.fake_personax import make_fake_personax
 from crl_jax.data.personax import PersonaXColumns, load_table, prepare_for_crl
 from crl_jax.models import vae
@@ -102,10 +103,10 @@ def test_missing_table_names_config_data_path(fake, tmp_path):
     workdir = tmp_path / "run"
     config = _config(fake, path=str(tmp_path / "missing.parquet"))
     with pytest.raises(FileNotFoundError, match=r"config\.data\.path=.*missing\.parquet"):
-        personax_crl.train_and_evaluate(config, str(workdir))
+        personax_crl.run(config, str(workdir))
     config.data.path = ""
     with pytest.raises(config_validation.ConfigError, match=r"config\.data\.path is empty"):
-        personax_crl.train_and_evaluate(config, str(workdir))
+        personax_crl.run(config, str(workdir))
     assert _no_training_happened(workdir)
 
 
@@ -114,10 +115,10 @@ def test_missing_column_is_named_before_training(fake, tmp_path):
     config = _config(fake)
     config.data.columns = {**fake.columns.to_dict(), "image": ["image_emb_9"]}
     with pytest.raises(ValueError, match=r"missing column\(s\): 'image_emb_9' \(for image\[0\]\).*config\.data\.path"):
-        personax_crl.train_and_evaluate(config, str(workdir))
+        personax_crl.run(config, str(workdir))
     config.data.columns = {**fake.columns.to_dict(), "llms": ["4o", "XX"]}
     with pytest.raises(ValueError, match="XX_o.*load_traits=False"):
-        personax_crl.train_and_evaluate(config, str(workdir))
+        personax_crl.run(config, str(workdir))
     assert _no_training_happened(workdir)
 
 
@@ -137,7 +138,7 @@ def test_bad_settings_raise_config_errors(fake, tmp_path, field, value, match):
     group, name = field.split(".")
     config[group][name] = value
     with pytest.raises(config_validation.ConfigError, match=match):
-        personax_crl.train_and_evaluate(config, str(tmp_path / "run"))
+        personax_crl.run(config, str(tmp_path / "run"))
     assert _no_training_happened(tmp_path / "run")
 
 
@@ -366,7 +367,7 @@ def test_training_on_the_fake_table_separates_a_text_only_latent(tmp_path):
     config.model.hidden = (128, 128)
     config.train.steps, config.train.num_seeds, config.train.progress = 3000, 2, False
     workdir = str(tmp_path / "run")
-    report = personax_crl.train_and_evaluate(config, workdir)
+    report = personax_crl.run(config, workdir)
     assert report["training"]["steps"] == 3000
     table = load_table(fake.paths["table"], fake.columns)
     for seed in (0, 1):

@@ -13,7 +13,8 @@ import ml_collections
 import pandas as pd
 import pytest
 
-from crl_jax import experiment, methods, sweep
+from crl_jax import methods, sweep
+from crl_jax.experiments import synthetic as experiment
 from crl_jax.methods.base import Method
 from crl_jax.sweeps import grid
 

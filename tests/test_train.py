@@ -10,7 +10,9 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import synthetic as synthetic_config
-from crl_jax import config_validation, experiment, input_pipeline, parallel, steps, train
+from crl_jax import config_validation, input_pipeline, parallel, train
+from crl_jax.experiments import synthetic as experiment
+from crl_jax.host import autotune
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -38,8 +40,9 @@ def test_main_smoke_run_writes_reports_and_plots(tmp_path):
     assert report["steps"] == 20 and report["num_seeds"] == 2
     if "CRL_JAX_CPU_DISPATCH" not in os.environ:   # main applies it before JAX starts
         assert report["cpu_dispatch"] == {"dispatch": "inline", "applied": True, "reason": ""}
+        assert "host: inline CPU dispatch; XLA:CPU products on " in proc.stdout
     if "CRL_JAX_CPU_DOTS" not in os.environ and "ynn_fusion" not in os.environ.get("XLA_FLAGS", ""):
-        # small products (hidden width 32): XLA's default YNNPACK (crl_jax.cpu_dots)
+        # small products (hidden width 32): XLA's default YNNPACK (crl_jax.host.dots)
         assert report["cpu_dots"]["dots"] == "ynnpack" and report["cpu_dots"]["applied"]
     summary = report["evaluation"]["summary"]
     assert len(summary["mcc_pearson"]["per_seed"]) == 2
@@ -53,13 +56,14 @@ def test_main_smoke_run_writes_reports_and_plots(tmp_path):
     assert events and events[0].stat().st_size > 0, "TensorBoard summaries (tensorboardX)"
 
 
-def _final_params(config, workdir, stop_after_step=None):
-    process, method, mesh = train.setup(config, str(workdir))
+def _final_params(config, workdir, stop_after_step=None, **stage):
+    process, method, mesh = experiment.setup(config, str(workdir))
     batches = input_pipeline.BatchSource.from_process(
         process, config.data, config.train, parallel.batch_sharding(mesh))
-    state, step = train.train(config, str(workdir), method, mesh, batches,
-                              experiment.data_layout(process.spec),
-                              stop_after_step=stop_after_step)
+    layout = experiment.model_layout(process.spec)
+    settings = {**autotune.loop_settings(config, method, mesh, batches, layout), **stage}
+    state, step = train.train(config, str(workdir), method, mesh, batches, layout,
+                              stop_after_step=stop_after_step, **settings)
     return jax.device_get(state.params), step
 
 
@@ -127,7 +131,7 @@ def test_steps_per_call_auto_is_the_largest_divisor_of_log_every_up_to_10(
         del config.train["steps_per_call"]
     else:
         config.train.steps_per_call = per_call
-    assert steps.resolve_steps_per_call(config.train) == expected
+    assert autotune.resolve_steps_per_call(config.train) == expected
     config_validation.validate(config, 1)
 
 
@@ -144,6 +148,41 @@ def test_default_config_dispatches_several_steps_per_call(tmp_path, monkeypatch)
     assert config.train.steps_per_call == -1
     _, step = _final_params(config, tmp_path)
     assert step == 30 and calls == [10, 10, 10] and single == []
+
+
+def test_loop_runs_twice_in_one_workdir_for_a_staged_method(tmp_path):
+    """A second training stage: its own checkpoint folder, the same metrics file with its
+    steps after the first stage's; stopped and resumed, the first stage's records and
+    checkpoint stay as they were."""
+    config = _smoke(steps=20, log_every=10, checkpoint_every=10)
+    stage_a, step = _final_params(config, tmp_path)
+    assert step == 20
+    config_b = _smoke(steps=20, log_every=10, checkpoint_every=10, learning_rate=3e-3)
+    stage_b = {"checkpoint_dir": "stage_b/checkpoints", "step_offset": 20}
+    _, step = _final_params(config_b, tmp_path, stop_after_step=10, **stage_b)
+    assert step == 10
+    with open(tmp_path / "metrics.jsonl", "a") as f:   # logged after stage B's checkpoint
+        f.write(json.dumps({"step": 35, "loss": 0.0}) + "\n")
+    resumed, step = _final_params(config_b, tmp_path, **stage_b)
+    assert step == 20
+    lines = (tmp_path / "metrics.jsonl").read_text().strip().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [10, 20, 30, 40]
+    for sub in ("checkpoints", "stage_b/checkpoints"):
+        assert ocp.CheckpointManager(os.path.abspath(tmp_path / sub)).latest_step() == 20, sub
+    straight_b, _ = _final_params(config_b, tmp_path / "b_alone")
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+                           straight_b, resumed)
+    again, step = _final_params(config, tmp_path)   # stage A's checkpoint, untouched
+    assert step == 20
+    jax.tree_util.tree_map(np.testing.assert_array_equal, stage_a, again)
+    assert not np.allclose(jax.tree_util.tree_leaves(stage_a)[0],
+                           jax.tree_util.tree_leaves(resumed)[0])
+
+
+def test_steps_per_call_must_divide_log_every(tmp_path):
+    config = _smoke(steps=20, log_every=10, checkpoint_every=10)
+    with pytest.raises(ValueError, match="steps_per_call=3 must be >= 1 and divide"):
+        _final_params(config, tmp_path, steps_per_call=3)
 
 
 def test_nan_stops_training_and_keeps_last_good_checkpoint(tmp_path):
@@ -185,11 +224,11 @@ def test_config_checks_against_the_data(tmp_path):
     config = _smoke()
     config.model.latent_dims = (2, 2, 2)
     with pytest.raises(config_validation.ConfigError, match="config.model.latent_dims"):
-        train.setup(config, str(tmp_path))
+        experiment.setup(config, str(tmp_path))
     config = _smoke()
     config.model.encoder = "conv"
     with pytest.raises(config_validation.ConfigError, match="config.model.encoder"):
-        train.setup(config, str(tmp_path / "b"))
+        experiment.setup(config, str(tmp_path / "b"))
 
 
 def test_unknown_config_variant_is_rejected():

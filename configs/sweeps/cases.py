@@ -10,9 +10,10 @@ Measured results: docs/RESULTS.md.
 """
 from __future__ import annotations
 
+import synthetic
 from configs.sweeps import common
 
-PRESETS = ("numerical_case1", "numerical_case2", "numerical_case3")
+PRESETS = synthetic.NUMERICAL_PRESETS
 
 
 def get_config(arg: str | None = None):

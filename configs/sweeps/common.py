@@ -10,11 +10,11 @@ from __future__ import annotations
 import ml_collections
 
 from configs import synthetic, variant_mnist
+from crl_jax import methods
 
 PRESET_VARIANTS = tuple(synthetic.CASES) + ("variant_mnist", "variant_mnist_small")
-# Every method the sweeps know, in the order of the comparison tables.
-ALL_METHODS = ("personax", "mmcrl", "betavae", "mcl", "multiview", "oracle", "random_encoder",
-               "pca", "fastica")
+# Every method (crl_jax.methods is the one list), in the order of the comparison tables.
+ALL_METHODS = methods.METHODS
 
 
 def parse(arg: str | None, sweep: str, extra: tuple[str, ...] = ()) -> tuple[set, str | None]:

@@ -1,26 +1,20 @@
-"""Which library runs XLA:CPU's matrix products: YNNPACK (XLA's default) or Eigen.
+"""Which library runs XLA:CPU's float32 matrix products: YNNPACK (XLA's default) or Eigen.
 
-jaxlib 0.10 hands float32 products to YNNPACK fusions. On the project's 2-core CPU YNNPACK
-runs a product of fewer than ~768 rows on one thread, where Eigen (XLA's other path) uses
-both cores once a product is big enough; for tiny products YNNPACK's lower overhead wins.
-Measured in the real training loop (docs/PERFORMANCE.md, *Which library runs the products*):
-with 1-5 seeds the MLP models' step is 1.01-1.33x faster with Eigen from 256 rows per seed
-at width 128 (the default synthetic run, 3 seeds x 512: 1.15x per step, 103.0 -> 87.0 s of
-training), slower with Eigen at 16 rows (0.75-0.84x) and at 64 rows with one seed (0.84x);
-with 6-8 seeds about the same (0.94-1.07x); the convolutional image model's step is ~2-5 %
-slower with Eigen.
+On the project's 2-core CPU, YNNPACK runs a product of fewer than ~768 rows on one thread,
+where Eigen uses both cores once a product is big enough; for tiny products YNNPACK's lower
+overhead wins, and the convolutional image model is a few per cent slower with Eigen.
+:func:`choose` therefore picks Eigen when the widest hidden product of one seed's step,
+rows x width^2 (rows = the per-seed batch, or ``train.microbatch_size``), reaches
+``EIGEN_MIN_PRODUCT``, the run trains at most ``EIGEN_MAX_SEEDS`` seeds together (with more,
+Eigen was not clearly faster) and the encoder is not convolutional; YNNPACK otherwise.
+The choice and its reason are printed at start-up and recorded in ``report.json``
+(``cpu_dots``). ``$CRL_JAX_CPU_DOTS`` (``auto``, ``ynnpack``, ``eigen``) overrides it, and an
+``XLA_FLAGS`` that already sets ``--xla_cpu_experimental_ynn_fusion_type`` is left alone.
 
-:func:`choose` picks per run: Eigen when the model's widest hidden product, rows x width^2
-(rows = the per-seed batch, or ``train.microbatch_size``), reaches ``EIGEN_MIN_PRODUCT``, the
-run trains at most ``EIGEN_MAX_SEEDS`` seeds together and the encoder is not convolutional;
-YNNPACK otherwise. ``$CRL_JAX_CPU_DOTS`` (``auto``, ``ynnpack``, ``eigen``) overrides it,
-and an ``XLA_FLAGS`` that already sets ``--xla_cpu_experimental_ynn_fusion_type`` is left
-alone. The choice is an XLA flag, read once
-per process when JAX's backend starts, so :func:`set_cpu_dots` works only before the first
-JAX computation (the entry points call it first; from a notebook or after other JAX work it
-changes nothing and says so). Only the rounding of the products differs between the two
-libraries; the model, data and loss are the same. It is an XLA:CPU flag: on a GPU or TPU the
-step does not run on it (the choice then only touches computations JAX places on the host).
+The choice is an XLA flag read once per process when JAX's backend starts, so
+:func:`set_cpu_dots` works only before the first JAX computation. Only the rounding of the
+products differs between the libraries. On a GPU or TPU the step does not run on XLA:CPU, so
+the choice does not touch it. Measurements: docs/PERFORMANCE.md.
 """
 from __future__ import annotations
 
@@ -33,8 +27,8 @@ CHOICES = ("auto", "ynnpack", "eigen")
 LIBRARIES = ("ynnpack", "eigen")
 XLA_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
 EIGEN_FLAG = XLA_FLAG + "="   # no YNNPACK fusions: XLA:CPU's own (Eigen) products
-EIGEN_MIN_PRODUCT = 256 * 128 * 128   # rows x width^2: 256 rows at width 128 (measured)
-EIGEN_MAX_SEEDS = 5   # 1-5 seeds: Eigen 1.01-1.26x; 6-8: 0.94-1.07x, no clear gain
+EIGEN_MIN_PRODUCT = 256 * 128 * 128   # rows x width^2: 256 rows at width 128
+EIGEN_MAX_SEEDS = 5   # 1-5 seeds: Eigen 1.01-1.26x faster; 6-8: 0.94-1.07x, no clear gain
 
 _PROBE = """
 import jax, jax.numpy as jnp
@@ -148,7 +142,7 @@ def set_cpu_dots(library: str, why: str = "") -> dict:
         return {"dots": current, "applied": False,
                 "reason": f"JAX's backend had already started with {current} products (XLA "
                           f"reads XLA_FLAGS once, when it starts): call "
-                          f"crl_jax.cpu_dots.set_cpu_dots({library!r}) before the first JAX "
+                          f"crl_jax.host.set_cpu_dots({library!r}) before the first JAX "
                           f"computation, or set {ENV}={library} for the entry points"}
     if library == "ynnpack":   # drop the flag this module added earlier in the process
         kept = [f for f in flags.split() if f != EIGEN_FLAG]

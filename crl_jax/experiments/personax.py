@@ -1,7 +1,6 @@
 """Real-data CRL on a local PersonaX table (CelebPersona / AthlePersona layout).
 
-``train_and_evaluate(config, workdir)`` (reached from ``python -m crl_jax.main`` when
-``config.data.source == "personax"``, see ``configs/personax.py``):
+``run(config, workdir)`` (``config.data.source == "personax"``, see ``configs/personax.py``):
 
 1. checks the config (a missing table names ``config.data.path``) and resolves the column
    layout, then loads and validates the table (the loader names missing columns), all before
@@ -11,11 +10,12 @@
    every embedding dimension with train-row statistics;
 3. builds the PersonaX VAE for a two-modality layout (``image``, ``text``; K and d from the
    table, latent sizes from the config) and trains ``train.num_seeds`` replicas with
-   ``crl_jax.train.train`` (checkpointed, resumable, NaN-safe);
+   :func:`crl_jax.train.train` (checkpointed, resumable, NaN-safe);
 4. encodes every kept row (posterior means) and writes ``latents_seed{i}.csv``;
 5. runs PC on the learned latents with background knowledge forbidding edges into the shared
    latents, writes the edge list and the drawing, and writes the learned adjacency of the
-   causal prior as a second view of the graph, plus ``report.json`` / ``report.md``.
+   causal prior as a second view of the graph, plus ``report.json`` / ``report.md``
+   (``crl_jax.reporting``).
 
 There is no ground truth on real data; the held-out validation loss is the only fit check.
 """
@@ -36,6 +36,7 @@ import pandas as pd
 from crl_jax import causal_discovery as cd
 from crl_jax import config_validation, evaluation, input_pipeline, methods, parallel, reporting, train
 from crl_jax.data import personax
+from crl_jax.host import autotune
 from crl_jax.models import vae
 
 MODALITIES = ("image", "text")
@@ -156,13 +157,9 @@ def model_layout(config, xs: tuple[np.ndarray, ...]) -> vae.ModelLayout:
         shared_dim=int(config.data.shared_dim))
 
 
-def latent_names(layout: vae.ModelLayout) -> list[str]:
-    """``shared_0.., image_0.., text_0..`` in the model's latent order."""
-    return [f"{block}_{i}" for block, sl in layout.block_slices.items() for i in range(sl.stop - sl.start)]
-
-
 def latent_blocks(layout: vae.ModelLayout) -> dict[str, list[str]]:
-    names = latent_names(layout)
+    """``{"shared": ["shared_0", ..], "image": [..], "text": [..]}`` in the latent order."""
+    names = reporting.latent_names(layout.block_slices)
     return {block: names[sl] for block, sl in layout.block_slices.items()}
 
 
@@ -300,46 +297,11 @@ def graph_agreement(pc_edges: list[cd.Edge], prior_edges: list[cd.Edge]) -> dict
             "common_pairs": sorted("-".join(sorted(p)) for p in a & b)}
 
 
-def _markdown(report: dict) -> str:
-    dd, tr = report["data"], report["training"]
-    nr = dd["nan_report"]
-    lines = [f"# crl_jax PersonaX run: {report['model']} on {dd['path']}", "",
-             f"- rows: {nr['n_rows_in']} in the table, {nr['n_rows_out']} used "
-             f"(NaN policy {nr['nan_policy']}: {nr['rows_dropped']} rows dropped, "
-             f"{nr['values_imputed']} values imputed; rows with a missing image / text embedding: "
-             f"{nr.get('image_rows_with_nan', 0)} / {nr.get('text_rows_with_nan', 0)}); "
-             f"train {dd['n_train']}, validation {dd['n_val']}",
-             f"- measurements: image K={dd['n_measurements']['image']} (d={dd['embedding_dims']['image']}), "
-             f"text K={dd['n_measurements']['text']} (d={dd['embedding_dims']['text']}); latents: "
-             + ", ".join(f"{b} {len(v)}" for b, v in report["latent_blocks"].items()),
-             f"- seeds: {tr['num_seeds']}, steps: {tr['steps']}, training wall time {tr['train_seconds']:.1f} s, "
-             f"devices: {tr['devices']}", "",
-             "## Loss terms after training (per seed, same sampling key for both splits)", "",
-             "| split | loss | recon | kl | tie |", "| --- | --- | --- | --- | --- |"]
-    for split, terms in report["loss_terms"].items():
-        if terms:
-            lines.append(f"| {split} | " + " | ".join(
-                ", ".join(f"{v:.4g}" for v in terms[k]) for k in ("loss", "recon", "kl", "tie")) + " |")
-    for seed, g in report["causal_discovery"].items():
-        lines += ["", f"## PC on the learned latents (seed {seed})", "",
-                  f"{g['indep_test']}, alpha {g['alpha']}, {g['n_used']} rows, {g['seconds']:.1f} s; "
-                  "no edges into the shared latents (background knowledge). "
-                  f"![pc graph]({os.path.basename(g['png'])})", "",
-                  "| source | target | type |", "| --- | --- | --- |"]
-        lines += [f"| {e['source']} | {e['target']} | {e['type']} |" for e in g["edges"]] or ["| (none) | | |"]
-    for seed, g in report.get("prior_graph", {}).items():
-        lines += ["", f"## Learned adjacency of the causal prior (seed {seed}, |W| > {g['threshold']})", "",
-                  f"{len(g['edges'])} edges; skeleton overlap with PC: {g['agreement_with_pc']['common']} "
-                  f"common adjacencies (Jaccard {g['agreement_with_pc']['jaccard']:.2f})"
-                  + (f" ![prior graph]({os.path.basename(g['png'])})" if g.get("png") else "")]
-    return "\n".join(lines) + "\n"
-
-
 # ----------------------------------------------------------------------------------------------
 # the pipeline
 
 
-def train_and_evaluate(config, workdir: str, *, stop_after_step=None) -> dict | None:
+def run(config, workdir: str, *, stop_after_step=None) -> dict | None:
     """Train on the table, encode every row, run PC, write outputs; ``None`` if stopped early."""
     mesh = parallel.make_mesh()
     columns = validate_config(config, n_devices=mesh.devices.size)
@@ -360,8 +322,7 @@ def train_and_evaluate(config, workdir: str, *, stop_after_step=None) -> dict | 
     config_validation.validate_against_method(config, method)
     os.makedirs(workdir, exist_ok=True)
     _check_resume(workdir, fingerprint(config, data))
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config.to_json_best_effort(indent=1))
+    reporting.write_config(workdir, config)
     pd.DataFrame({data.id_name: data.ids, "split": np.where(
         np.isin(np.arange(data.ids.shape[0]), data.val_rows), "val", "train")}).to_csv(
         os.path.join(workdir, "rows.csv"), index=False)
@@ -372,6 +333,7 @@ def train_and_evaluate(config, workdir: str, *, stop_after_step=None) -> dict | 
     batches = input_pipeline.BatchSource.from_arrays(
         tuple(x[data.train_rows] for x in data.xs), config.train, parallel.batch_sharding(mesh))
     state, step = train.train(config, workdir, method, mesh, batches, data.layout,
+                              **autotune.loop_settings(config, method, mesh, batches, data.layout),
                               stop_after_step=stop_after_step)
     train_seconds = time.time() - t0
     if step < int(config.train.steps):
@@ -381,7 +343,7 @@ def train_and_evaluate(config, workdir: str, *, stop_after_step=None) -> dict | 
     params = state.params
     if not method.trainable:  # controls fitted on the host (PCA, FastICA): fit on the train rows
         params = method.fit(params, tuple(x[data.train_rows] for x in data.xs), None)
-    names, blocks = latent_names(data.layout), latent_blocks(data.layout)
+    names, blocks = reporting.latent_names(data.layout.block_slices), latent_blocks(data.layout)
     batch = int(config.eval.batch_size)
     latents = encode_all(method, params, data.xs, batch)
     n_seeds = latents.shape[0]
@@ -440,7 +402,7 @@ def train_and_evaluate(config, workdir: str, *, stop_after_step=None) -> dict | 
                                               os.path.join(workdir, "training_curves.png")))
 
     report = {
-        "model": config.model.name, "dataset": config.data.get("dataset", ""),
+        "source": "personax", "model": config.model.name, "dataset": config.data.get("dataset", ""),
         "data": {"path": os.path.abspath(config.data.path), "nan_report": data.nan_report,
                  "n_train": int(data.train_rows.size), "n_val": int(data.val_rows.size),
                  "n_measurements": dict(zip(MODALITIES, data.layout.n_measurements)),
@@ -456,13 +418,6 @@ def train_and_evaluate(config, workdir: str, *, stop_after_step=None) -> dict | 
         "post_seconds": time.time() - t1,
     }
     report["files"] = sorted(os.path.basename(f) for f in files) + ["report.json", "report.md", "rows.csv"]
-    report = reporting.jsonable(report, nan_as_null=True)
-    with open(os.path.join(workdir, "report.json"), "w") as f:
-        json.dump(report, f, indent=1)
-    md = _markdown(report)
-    with open(os.path.join(workdir, "report.md"), "w") as f:
-        f.write(md)
-    print(md)
+    report = reporting.write(workdir, report, nan_as_null=True)
+    print(reporting.markdown(report))
     return report
-
-

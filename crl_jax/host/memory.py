@@ -1,38 +1,21 @@
-"""Keep XLA:CPU's per-step temporary buffer out of fresh, page-faulting memory.
+"""Host memory and dispatch settings for XLA:CPU (process-wide; applied by ``crl_jax.host.setup``).
 
-XLA:CPU allocates the temporaries of every execution with the C library's ``malloc`` and
-frees them after it. glibc serves an allocation above its mmap threshold (dynamic, at most
-32 MiB) with a fresh ``mmap`` and returns it with ``munmap``, so a step whose temporaries
-exceed 32 MiB page-faults all of them again on every step: measured on the project's 2-core
-CPU, the default run's step (3 seeds, batch 512, 41.5 MB of temporaries) took 10,630 minor
-page faults and 34 ms per step, 25 ms without them (docs/PERFORMANCE.md, *Host memory*).
+:func:`tune_malloc`: XLA:CPU allocates every execution's temporaries with ``malloc`` and frees
+them after it. glibc serves an allocation above its mmap threshold (dynamic, at most 32 MiB)
+with a fresh ``mmap``, so a step with more temporaries than that page-faults all of them again
+on every step. Raising the mmap and trim thresholds (``mallopt``) keeps freed temporaries in
+the heap for the next step; a top pad above a thread arena's 64 MiB heap keeps glibc from
+unmapping a heap that became entirely free. The cost: the process keeps the memory it freed.
+``CRL_JAX_MALLOC_TUNING=0`` turns it off; a no-op away from glibc (macOS, musl).
 
-:func:`tune_malloc` raises glibc's mmap threshold and trim threshold (``mallopt``) so that
-freed temporaries stay in the heap and the next step reuses them, and its top pad above a
-thread arena's heap size (64 MiB): XLA's threads allocate from their own arenas, made of
-64 MiB heaps, and glibc unmaps a heap that becomes entirely free whatever the trim
-threshold, unless the top pad asks to keep more than a heap. Without the pad the training
-loop (sampler calls between steps) still took ~3,450 faults per step of the default run;
-with it, 4. Cost: the process keeps memory it freed instead of returning it to the system
-(its resident size stays at its peak). An allocation larger than a thread arena's heap
-(64 MiB) is still mapped afresh; gradient accumulation (``train.microbatch_size``) keeps
-the temporaries of such a step small.
-
-Process-wide, so it is applied by the entry points (training, sweeps, benchmarks), not on
-import. ``CRL_JAX_MALLOC_TUNING=0`` turns it off. A no-op away from glibc (macOS, musl).
-
-:func:`set_cpu_dispatch` removes that last limit. With JAX's default asynchronous CPU
-dispatch a single-device computation runs on a worker thread, whose allocations come from a
-thread arena: a step with more than 64 MiB of temporaries (numerical_case2 at batch 4096,
-8 modalities at batch 1024) page-faults them every step, and the auto microbatch rule had to
-split such steps. Run inline (``jax_cpu_enable_async_dispatch=False``), the step executes on
-the calling thread, whose allocations come from glibc's main arena, a heap with no such cap:
-8 modalities at batch 1024 took 17,100 faults and 53.7 ms per step asynchronously, 0 and
-39.9 ms inline (docs/PERFORMANCE.md, *Dispatch*). The cost: the step's ~0.4 ms of dispatch
-is no longer overlapped with the previous step, which slows steps of about a millisecond
-(batch 16) and is within the noise from a few milliseconds up (the default synthetic run).
-JAX reads the setting when its CPU backend starts, so the entry points apply it before any
-JAX computation; ``CRL_JAX_CPU_DISPATCH=async`` keeps JAX's default.
+:func:`set_cpu_dispatch`: with JAX's default asynchronous CPU dispatch a computation runs on a
+worker thread whose arena heap is 64 MiB, so a step with more temporaries than that is still
+mapped afresh every step. Inline dispatch (the default here) runs it on the calling thread,
+whose main arena has no such cap; the price is that the ~0.4 ms dispatch is no longer
+overlapped, which matters only for steps of about a millisecond (several steps per call,
+``train.steps_per_call``, amortise it). JAX reads the setting when its backend starts, so it
+must be set before the first JAX computation; ``CRL_JAX_CPU_DISPATCH=async`` keeps JAX's
+default. Measurements: docs/PERFORMANCE.md.
 """
 from __future__ import annotations
 
@@ -126,7 +109,7 @@ def set_cpu_dispatch(mode: str | None = None) -> dict:
         return {"dispatch": current, "applied": False,
                 "reason": f"JAX's backend had already started with {current!r} dispatch (it "
                           f"reads the setting once, when it starts): call "
-                          f"crl_jax.host_memory.set_cpu_dispatch({mode!r}) before the first "
+                          f"crl_jax.host.set_cpu_dispatch({mode!r}) before the first "
                           f"JAX computation"}
     jax.config.update(_JAX_DISPATCH_FLAG, mode == "async")
     return {"dispatch": mode, "applied": True, "reason": ""}
