@@ -1,7 +1,8 @@
-"""benchmarks/bench_train.py runs end to end on tiny settings and writes what the docs cite.
+"""The benchmarks (``python -m benchmarks.NAME``) run end to end on tiny settings and write
+what the docs cite; the shared harness counts products and times iterations correctly.
 
-Not a timing test: it checks that the script works and reports one-pass and microbatched
-steps side by side (a tiny cache budget forces the microbatched path at a small batch).
+Not timing tests: they check that the scripts work and report what they say (a tiny cache
+budget forces the microbatched path at a small batch).
 """
 import json
 import os
@@ -16,13 +17,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SCRIPT = textwrap.dedent("""
     import sys
-    sys.path.insert(0, "benchmarks")
-    from crl_jax import steps
-    steps.AUTO_MICROBATCH_TEMP_MB = 0.25   # force chunks at small batches
-    steps.AUTO_MICROBATCH_TEMP_MB_ASYNC = 0.25
-    steps.AUTO_MICROBATCH_MIN_SHARE_OVER_PARAMS = 0.0
-    import bench_train
-    bench_train.main(sys.argv[1:])
+    from crl_jax.host import autotune
+    autotune.AUTO_MICROBATCH_TEMP_MB = 0.25   # force chunks at small batches
+    autotune.AUTO_MICROBATCH_TEMP_MB_ASYNC = 0.25
+    autotune.AUTO_MICROBATCH_MIN_SHARE_OVER_PARAMS = 0.0
+    from benchmarks import step
+    step.main(sys.argv[1:])
 """)
 
 
@@ -36,9 +36,8 @@ def _run(tmp_path, *args):
     return json.loads(out.read_text()), proc.stdout
 
 
-def test_bench_train_tiny_run_reports_both_steps(tmp_path):
-    result, stdout = _run(tmp_path, "--sections=throughput,seeds", "--batch_sizes=256",
-                          "--seed_batches=16", "--seeds_list=1,2")
+def test_step_tiny_run_reports_both_steps(tmp_path):
+    result, stdout = _run(tmp_path, "--sections=throughput", "--batch_sizes=256")
 
     rows = {r["microbatch_mode"]: r for r in result["throughput"]}
     assert set(rows) == {"one pass", "auto"}
@@ -55,30 +54,18 @@ def test_bench_train_tiny_run_reports_both_steps(tmp_path):
     # the chunked step's scan body is counted once per chunk: the same products in all
     assert rows["auto"]["product_flops_per_step"] == pytest.approx(one["product_flops_per_step"])
 
-    seeds = result["seeds"]
-    assert {(r["microbatch_mode"], r["seeds"]) for r in seeds} == {
-        ("one pass", 1), ("one pass", 2), ("auto", 1), ("auto", 2)}
-    assert all(r["optimiser"]["min_s"] > 0 for r in seeds)
-    assert "optimiser" in stdout
-    # the matmul floor: the step's products, twice as many FLOPs for twice the seeds
-    one = {r["seeds"]: r for r in seeds if r["microbatch_mode"] == "one pass"}
-    assert one[1]["matmuls_count"] == one[2]["matmuls_count"] > 0
-    for r in one.values():
-        assert r["matmuls"]["min_s"] > 0 and r["matmuls_flops"] > 0
-        assert r["floor_vs_one_seed_step"] > r["optimiser_vs_one_seed_step"]
-    assert "floor x 1 seed" in stdout
+    assert "## Throughput" in stdout
 
 
-def _bench_train():
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-    import bench_train
-    return bench_train
+def _harness():
+    from benchmarks import harness
+    return harness
 
 
 def test_jaxpr_matmuls_finds_nested_products_and_counts_their_flops():
     import jax
     import jax.numpy as jnp
-    bt = _bench_train()
+    bt = _harness()
 
     @jax.custom_vjp
     def inner(x, w):
@@ -99,7 +86,7 @@ def test_jaxpr_matmuls_finds_nested_products_and_counts_their_flops():
 def test_jaxpr_matmuls_refuses_products_inside_a_loop():
     import jax
     import jax.numpy as jnp
-    bt = _bench_train()
+    bt = _harness()
 
     def f(x, w):
         return jax.lax.scan(lambda c, wi: (c @ wi, None), x, w)[0]
@@ -115,7 +102,7 @@ def test_product_flops_counts_convolutions_like_xla_and_loops_per_iteration():
     once per iteration; a product inside a while loop has no known count."""
     import jax
     import jax.numpy as jnp
-    bt = _bench_train()
+    bt = _harness()
     nhwc = ("NHWC", "HWIO", "NHWC")
 
     def net(p, x):
@@ -130,7 +117,7 @@ def test_product_flops_counts_convolutions_like_xla_and_loops_per_iteration():
     x = jnp.ones((8, 28, 28, 4))
     for f in (net, jax.grad(net)):
         ours = bt.product_flops(jax.make_jaxpr(f)(p, x))
-        xla = bt._flops(jax.jit(f).lower(p, x).compile())
+        xla = bt.xla_flops(jax.jit(f).lower(p, x).compile())
         assert 0.97 * xla < ours < xla
     # the first convolution alone, by hand: 8 x 14 x 14 x 16 outputs, 3 x 3 x 4 taps except
     # where the window overhangs: SAME padding of a stride-2 3-tap window on 28 pads 0 / 1,
@@ -159,20 +146,8 @@ def test_product_flops_counts_convolutions_like_xla_and_loops_per_iteration():
         bt.product_flops(jax.make_jaxpr(scan_in_while)(jnp.ones((5, 4)), jnp.ones((3, 4, 4))))
 
 
-def test_bench_train_seeds_without_floors(tmp_path):
-    """--seed_floors=off (for slow compilers, e.g. a GPU's): the seeds' steps alone, and the
-    table prints '-' where the floors would be."""
-    result, stdout = _run(tmp_path, "--sections=seeds", "--seed_batches=16", "--seeds_list=1,2",
-                          "--seed_floors=off", "--microbatch=off")
-    rows = result["seeds"]
-    assert [r["seeds"] for r in rows] == [1, 2]
-    assert rows[0]["time_vs_one_seed"] == 1.0 and rows[1]["time_vs_one_seed"] > 0
-    assert not any("optimiser" in r or "floor_vs_one_seed_step" in r for r in rows)
-    assert "B=16 seeds=2: compiled in" in stdout
-
-
 @pytest.mark.slow
-def test_bench_train_growth_reports_both_series(tmp_path):
+def test_step_growth_reports_both_series(tmp_path):
     result, stdout = _run(tmp_path, "--sections=growth", "--k_list=1,2", "--m_list=2,3",
                           "--d_list=4,8", "--growth_batch=64")
     for name in ("measurements_K", "modalities_M", "latent_dim_D"):
@@ -184,19 +159,19 @@ def test_bench_train_growth_reports_both_series(tmp_path):
 
 
 @pytest.mark.slow
-def test_bench_train_auto_only_never_runs_the_one_pass_step(tmp_path):
+def test_step_auto_only_never_runs_the_one_pass_step(tmp_path):
     result, _ = _run(tmp_path, "--sections=throughput", "--batch_sizes=64", "--microbatch=auto")
     (row,) = result["throughput"]
     assert row["microbatch_mode"] == "auto" and row["microbatches"] > 1
     assert row["flops_per_step"] > 0 and row["steps_per_s"] > 0
 
 
-def test_bench_optimizer_tiny_run(tmp_path):
-    """benchmarks/bench_optimizer.py: the three programs per seed count, on the parameters
+def test_loop_optimizer_tiny_run(tmp_path):
+    """``benchmarks.loop optimizer``: the three programs per seed count, on the parameters
     of the model (twice as many for two seeds), with XLA's byte counts: the stream moves at
     least the 28 bytes per parameter of Adam's inputs and outputs and no more than Adam."""
     out = tmp_path / "opt.json"
-    proc = subprocess.run([sys.executable, "benchmarks/bench_optimizer.py", "--seeds=1,2",
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.loop", "optimizer", "--seeds=1,2",
                            "--rounds=1", "--budget=0.01", f"--out={out}"], cwd=ROOT,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
@@ -212,13 +187,13 @@ def test_bench_optimizer_tiny_run(tmp_path):
     assert "## Optimiser update" in proc.stdout
 
 
-def test_bench_optimizer_rejects_bad_seed_counts():
-    proc = subprocess.run([sys.executable, "benchmarks/bench_optimizer.py", "--seeds=0"],
+def test_loop_optimizer_rejects_bad_seed_counts():
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.loop", "optimizer", "--seeds=0"],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "--seeds" in proc.stderr
 
 
-def test_bench_train_products_section(tmp_path):
+def test_step_products_section(tmp_path):
     """The products section: one row per (rows, batch of matrices) at the model's width."""
     result, stdout = _run(tmp_path, "--sections=products", "--product_rows=16,64",
                           "--product_batches=1,3")
@@ -229,14 +204,14 @@ def test_bench_train_products_section(tmp_path):
     assert "## Batched products" in stdout
 
 
-def test_bench_train_products_rejects_bad_sizes():
-    proc = subprocess.run([sys.executable, "benchmarks/bench_train.py", "--sections=products",
+def test_step_products_rejects_bad_sizes():
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.step", "--sections=products",
                            "--product_rows=0"], cwd=ROOT, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 2 and "--product_rows" in proc.stderr
 
 
-def test_bench_train_chunks_section_times_the_auto_choice_against_the_others(tmp_path):
+def test_step_chunks_section_times_the_auto_choice_against_the_others(tmp_path):
     """The chunks section: per layout, the step in each count (the auto count included,
     here forced above 1 by the tiny budget of SCRIPT) against the fastest of them."""
     result, stdout = _run(tmp_path, "--sections=chunks", "--k_list=1", "--m_list=2",
@@ -258,7 +233,7 @@ def test_bench_train_chunks_section_times_the_auto_choice_against_the_others(tmp
 
 
 @pytest.mark.slow
-def test_bench_train_chunks_section_images_series(tmp_path):
+def test_step_chunks_section_images_series(tmp_path):
     """--chunk_series=images: the image model's step in each count at each batch (the
     series the GPU run needs for the image step's slowdown at batch 4096)."""
     result, stdout = _run(tmp_path, "--sections=chunks", "--chunk_series=images",
@@ -270,77 +245,53 @@ def test_bench_train_chunks_section_images_series(tmp_path):
     assert "B=8" in stdout
 
 
-def test_bench_train_chunks_rejects_bad_series(tmp_path):
+def test_step_chunks_rejects_bad_series(tmp_path):
     for flags, message in ((["--chunk_series=K,Q"], "--chunk_series"),
                            (["--chunk_series=images", f"--data_dir={tmp_path}"],
                             "needs mnist/ and fashion-mnist/")):
-        proc = subprocess.run([sys.executable, "benchmarks/bench_train.py", "--sections=chunks",
+        proc = subprocess.run([sys.executable, "-m", "benchmarks.step", "--sections=chunks",
                                *flags], cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert proc.returncode == 2 and message in proc.stderr, proc.stderr
 
 
-def test_bench_train_chunks_rejects_bad_counts():
-    proc = subprocess.run([sys.executable, "benchmarks/bench_train.py", "--sections=chunks",
+def test_step_chunks_rejects_bad_counts():
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.step", "--sections=chunks",
                            "--chunk_counts=0"], cwd=ROOT, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 2 and "--chunk_counts" in proc.stderr
 
 
-def test_bench_changes_leaky_compares_the_two_activations(tmp_path):
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-    import bench_changes
-    from crl_jax.models import networks
-    out = tmp_path / "changes.json"
-    result = bench_changes.main(["--changes=leaky", "--leaky_cases=M2:96", "--rounds=1",
-                                 "--budget=0.01", f"--out={out}"])
-    assert networks.leaky_relu is bench_changes._LEAKY_RELU   # restored after the run
-    rows = {r["what"].split(", ")[-1].split(":")[0]: r for r in result["changes"]}
-    assert set(rows) == {"one pass", "auto"}
-    one = rows["one pass"]
-    # the flax form keeps each hidden layer's product output too: 2 modalities x K=3 x
-    # 4 hidden layers x 96 rows x 128 units x 4 bytes more
-    extra = one["temp_mb_before"] - one["temp_mb_after"]
-    assert extra >= 0.75 * 2 * 4 * 3 * 96 * 128 * 4 / 2**20, one
-    assert one["chunks_before"] == one["chunks_after"] == 1
-    assert json.loads(out.read_text())["changes"][0]["change"] == "leaky"
-    with pytest.raises(SystemExit):
-        bench_changes.main(["--changes=leaky", "--leaky_cases=M2"])
-
-
-def test_bench_steps_per_call_tiny_run(tmp_path):
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-    import bench_steps_per_call
+def test_loop_seeds_tiny_run(tmp_path):
+    from benchmarks import loop
     out = tmp_path / "spc.json"
-    rows = bench_steps_per_call.main(["--batch=8", "--seeds_list=1", "--per_call_list=1,2",
-                                      "--steps=30", "--log_every=10", f"--out={out}"])
+    rows = loop.main(["seeds", "--batch=8", "--seeds_list=1", "--per_call_list=1,2",
+                      "--steps=30", "--log_every=10", f"--out={out}"])
     assert [(r["seeds"], r["steps_per_call"]) for r in rows] == [(1, 1), (1, 2)]
     assert all(r["steps"] == 30 and 0 < r["ms_per_step_best"] <= r["ms_per_step_median"]
                for r in rows)
     assert json.loads(out.read_text())["rows"] == rows
     with pytest.raises(SystemExit):   # 3 does not divide --log_every
-        bench_steps_per_call.parse_args(["--per_call_list=3", "--log_every=10"])
+        loop.parse_args(["seeds", "--per_call_list=3", "--log_every=10"])
     with pytest.raises(SystemExit):
-        bench_steps_per_call.parse_args(["--config=mnist"])
+        loop.parse_args(["seeds", "--config=mnist"])
     # another shipped config (the image model's MLP variant): its own data and widths
-    rows = bench_steps_per_call.main(["--config=variant_mnist:small", "--batch=8",
-                                      "--seeds_list=1", "--per_call_list=2", "--steps=30",
-                                      "--log_every=10"])
+    rows = loop.main(["seeds", "--config=variant_mnist:small", "--batch=8", "--seeds_list=1",
+                      "--per_call_list=2", "--steps=30", "--log_every=10"])
     assert [(r["config"], r["batch"], r["steps_per_call"]) for r in rows] == [
         ("variant_mnist:small", 8, 2)]
 
 
 @pytest.mark.parametrize("per_call", [1, 2])
-def test_bench_sampling_in_loop_tiny_run(per_call):
+def test_loop_sampling_tiny_run(per_call):
     """Both of the loop's paths: single steps (prefetched chunks) and the scanned calls fed
     by BatchSource.stacked."""
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-    import bench_sampling_in_loop
-    rows = bench_sampling_in_loop.main([f"--steps_per_call={per_call}", "--batch_sizes=16",
-                                        "--rounds=1", "--seconds=0.01", "--prefetch_steps=2"])
+    from benchmarks import loop
+    rows = loop.main(["sampling", f"--steps_per_call={per_call}", "--batch_sizes=16",
+                      "--rounds=1", "--seconds=0.01", "--prefetch_steps=2"])
     assert [(r["batch"], r["steps_per_call"]) for r in rows] == [(16, per_call)]
     assert rows[0]["fixed_ms"] > 0 and rows[0]["fresh_ms"] > 0
     with pytest.raises(SystemExit):
-        bench_sampling_in_loop.main(["--steps_per_call=0"])
+        loop.main(["sampling", "--steps_per_call=0"])
 
 
 def test_benchmarks_take_the_products_library(tmp_path):
@@ -350,27 +301,27 @@ def test_benchmarks_take_the_products_library(tmp_path):
     out = tmp_path / "spc.json"
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "CRL_JAX_CPU_DOTS")}
     proc = subprocess.run(
-        [sys.executable, "benchmarks/bench_steps_per_call.py", "--batch=8", "--seeds_list=1",
+        [sys.executable, "-m", "benchmarks.loop", "seeds", "--batch=8", "--seeds_list=1",
          "--per_call_list=2", "--steps=30", "--log_every=10", "--cpu_dots=eigen",
          f"--out={out}"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(out.read_text())["info"]["cpu_dots"] == "eigen"
     assert "eigen products" in proc.stdout
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-    import bench_steps_per_call
-    from crl_jax import cpu_dots
-    other = "eigen" if cpu_dots.in_effect() == "ynnpack" else "ynnpack"
+    import jax
+    from benchmarks import loop
+    from crl_jax.host import dots
+    jax.devices()   # this process's backend has started (it may not have, in this worker)
+    other = "eigen" if dots.in_effect() == "ynnpack" else "ynnpack"
     with pytest.raises(RuntimeError, match=f"--cpu_dots={other}: JAX's backend had already"):
-        bench_steps_per_call.main(["--batch=8", "--seeds_list=1", "--per_call_list=2",
-                                   "--steps=30", "--log_every=10", f"--cpu_dots={other}"])
+        loop.main(["seeds", "--batch=8", "--seeds_list=1", "--per_call_list=2", "--steps=30",
+                   "--log_every=10", f"--cpu_dots={other}"])
 
 
-def test_bench_cpu_dots_script_runs_both_libraries(tmp_path):
+def test_loop_libraries_runs_both_libraries(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "CRL_JAX_CPU_DOTS")}
-    env["PYTHON"] = sys.executable
-    proc = subprocess.run(["bash", "benchmarks/bench_cpu_dots.sh", str(tmp_path),
-                           "synthetic:8:1:30:10"], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=600)
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.loop", "libraries", str(tmp_path),
+                           "--cases=synthetic:8:1:30:10"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     for lib in ("ynnpack", "eigen"):
         result = json.loads((tmp_path / f"synthetic_b8_s1_{lib}.json").read_text())
@@ -379,14 +330,13 @@ def test_bench_cpu_dots_script_runs_both_libraries(tmp_path):
     assert proc.stdout.count("ms/step") == 2
 
 
-def test_bench_seed_floor_tiny_run(tmp_path):
+def test_loop_floor_tiny_run(tmp_path):
     """The scanned step, products and optimiser for 1 and 2 seeds: the floor is their sum,
     the products are the step's (2 seeds: exactly twice one seed's FLOPs, the same count)."""
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-    import bench_seed_floor
+    from benchmarks import loop
     out = tmp_path / "floor.json"
-    rows = bench_seed_floor.main(["--batch=4", "--seeds=1,2", "--n=2", "--rounds=1",
-                                  "--calls=2", f"--out={out}"])
+    rows = loop.main(["floor", "--batch=4", "--seeds=1,2", "--n=2", "--rounds=1", "--calls=2",
+                      f"--out={out}"])
     assert [(r["seeds"], r["steps_per_call"]) for r in rows] == [(1, 2), (2, 2)]
     one, two = rows
     assert two["products_flops"] == 2 * one["products_flops"] > 0
@@ -399,19 +349,18 @@ def test_bench_seed_floor_tiny_run(tmp_path):
     assert json.loads(out.read_text())["rows"] == rows
     for bad in (["--n=0"], ["--seeds=0"], ["--calls=0"]):
         with pytest.raises(SystemExit):
-            bench_seed_floor.parse_args(bad)
+            loop.parse_args(["floor", *bad])
 
 
-def test_bench_seed_floor_times_per_iteration():
+def test_harness_times_per_scanned_iteration():
     """Seconds per scanned iteration: a call of n iterations divided by n and by the calls."""
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     import time
-    import bench_seed_floor
+    from benchmarks import harness
 
     def call(carry):   # stands for a scanned call of 4 iterations taking 20 ms
         time.sleep(0.02)
         return carry + 1
 
-    seconds, carry = bench_seed_floor.best_per_iteration(call, 0, 4, 2, 3)
+    seconds, carry = harness.best_per_iteration(call, 0, 4, 2, 3)
     assert carry == 1 + 2 * 3                       # warm-up, then rounds x calls
     assert 0.005 <= seconds < 0.0075

@@ -1,9 +1,9 @@
 """benchmarks/gpu_suite.sh: every command it would run on a GPU is a valid one.
 
-The suite runs only where a GPU is lent, so drift (a renamed bench_train flag, a bad
-section list) would show up only there, costing the lease. Here the interpreter is replaced
-by a recorder that parses each bench_train command line with bench_train's own parser and
-the main command's config with crl_jax's, without running them.
+The suite runs only where a GPU is lent, so drift (a renamed benchmark flag, a bad section
+list) would show up only there, costing the lease. Here the interpreter is replaced by a
+recorder that parses each benchmark command line with the benchmark's own parser and the
+main command's config with crl_jax's, without running them.
 """
 import os
 import subprocess
@@ -15,14 +15,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECORDER = textwrap.dedent("""\
     #!{python}
     import os, sys
-    sys.path.insert(0, os.path.join(os.getcwd(), "benchmarks"))
+    sys.path.insert(0, os.getcwd())                      # as `python -m` does
     args = sys.argv[1:]
     with open(os.environ["RECORD"], "a") as f:
         f.write(" ".join(args) + "\\n")
-    if args and args[0].endswith("bench_train.py"):
-        import bench_train
-        parsed = bench_train.parse_args(args[1:])      # exits 2 on a bad flag
+    if args[:2] == ["-m", "benchmarks.step"]:
+        from benchmarks import step
+        parsed = step.parse_args(args[2:])               # exits 2 on a bad flag
         print(f"  numerical_case2 B=0 (parsed: {{','.join(parsed.sections)}})")
+    elif args[:2] == ["-m", "benchmarks.loop"]:
+        from benchmarks import loop
+        loop.parse_args(args[2:])
     elif args[:2] == ["-m", "crl_jax.main"]:
         from absl import flags
         import crl_jax.main                              # defines --config and --workdir
@@ -50,23 +53,23 @@ def _run_suite(tmp_path, data_dir, *extra, env_extra=None):
 def test_every_section_runs_a_valid_command(tmp_path, data_dir):
     proc, log, lines = _run_suite(tmp_path, data_dir)
     assert proc.returncode == 0, proc.stdout + proc.stderr + log
-    benches = [l for l in lines if l.startswith("benchmarks/bench_train.py")]
+    benches = [l for l in lines if l.startswith("-m benchmarks.")]
     sections = ["throughput", "images", "seeds", "growth", "parts"]
     for name in sections:
         assert f"=== {name}: exit 0" in log, log            # the parser accepted its flags
-        assert any(f"bench_train_{name}_gpu.json" in l for l in benches)
+        assert any(f"{name}_gpu.json" in l for l in benches)
     assert "=== main: exit 0" in log and "=== image_chunks" not in log, log
     assert "=== main_single" not in log, log
     assert any(l.startswith("-m crl_jax.main --config=configs/synthetic.py") for l in lines)
-    seeds = next(l for l in benches if "--sections=seeds" in l)
-    assert "--seed_floors=off" in seeds
+    seeds = next(l for l in benches if "seeds_gpu.json" in l)
+    assert seeds.startswith("-m benchmarks.loop seeds ") and "--per_call_list=10" in seeds
 
 
 def test_image_chunks_only_when_asked(tmp_path, data_dir):
     proc, log, lines = _run_suite(tmp_path, data_dir, "image_chunks")
     assert proc.returncode == 0, proc.stdout + proc.stderr + log
     assert "=== image_chunks: exit 0" in log and "=== main" not in log
-    (line,) = [l for l in lines if "bench_train.py" in l]
+    (line,) = [l for l in lines if "benchmarks.step" in l]
     assert "--chunk_series=images" in line and "--chunk_image_batches=1024,4096" in line
 
 
@@ -85,7 +88,7 @@ def test_section_subset_runs_only_those(tmp_path, data_dir):
     assert proc.returncode == 0, proc.stdout + proc.stderr + log
     assert "=== seeds: exit 0" in log and "=== main: exit 0" in log
     assert "=== throughput" not in log and "=== growth" not in log
-    assert [l.split("--sections=")[1].split()[0] for l in lines if "bench_train.py" in l] == ["seeds"]
+    assert [l.split()[1] for l in lines if l.startswith("-m benchmarks.")] == ["benchmarks.loop"]
 
 
 def test_unknown_section_is_refused_before_anything_runs(tmp_path):

@@ -1,7 +1,7 @@
-"""host_memory.tune_malloc: freed large buffers are reused instead of mapped (and
+"""crl_jax.host.memory.tune_malloc: freed large buffers are reused instead of mapped (and
 page-faulted) afresh, for plain malloc and for XLA's per-step temporaries;
-host_memory.set_cpu_dispatch: run inline, a step's temporaries above a thread arena's 64 MiB
-heap are reused too.
+crl_jax.host.memory.set_cpu_dispatch: run inline, a step's temporaries above a thread arena's
+64 MiB heap are reused too.
 
 Each check runs in a subprocess: the thresholds are process-wide and the baseline needs a
 process with glibc's defaults.
@@ -14,7 +14,7 @@ import textwrap
 
 import pytest
 
-from crl_jax import host_memory
+from crl_jax.host import memory as host_memory
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
 
 MALLOC_PROBE = textwrap.dedent("""
     import ctypes, json, resource, sys
-    from crl_jax import host_memory
+    from crl_jax.host import memory as host_memory
     info = host_memory.tune_malloc() if sys.argv[1] == "tuned" else None
     libc = ctypes.CDLL("libc.so.6")
     libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
@@ -45,7 +45,7 @@ MALLOC_PROBE = textwrap.dedent("""
 
 THREAD_ARENA_PROBE = textwrap.dedent("""
     import ctypes, json, resource, sys, threading
-    from crl_jax import host_memory
+    from crl_jax.host import memory as host_memory
     info = host_memory.tune_malloc() if sys.argv[1] == "tuned" else None
     libc = ctypes.CDLL("libc.so.6")
     libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
@@ -77,11 +77,10 @@ THREAD_ARENA_PROBE = textwrap.dedent("""
 
 STEP_PROBE = textwrap.dedent("""
     import argparse, json, resource, sys
-    sys.path.insert(0, "benchmarks")
-    from crl_jax import host_memory
+    from crl_jax.host import memory as host_memory
     if sys.argv[1] == "tuned":
         host_memory.tune_malloc()
-    import bench_train as bt
+    from benchmarks import harness as bt
     args = argparse.Namespace(data_dir=bt.default_data_dir())
     # batch 2560: ~42 MB of XLA temporaries per step (between glibc's 32 MiB mmap ceiling
     # and a thread arena's 64 MiB heap)
@@ -100,11 +99,10 @@ STEP_PROBE = textwrap.dedent("""
 
 DISPATCH_STEP_PROBE = textwrap.dedent("""
     import argparse, json, resource, sys
-    sys.path.insert(0, "benchmarks")
-    from crl_jax import host_memory
+    from crl_jax.host import memory as host_memory
     host_memory.tune_malloc()
     dispatch = host_memory.set_cpu_dispatch(sys.argv[1])
-    import bench_train as bt
+    from benchmarks import harness as bt
     args = argparse.Namespace(data_dir=bt.default_data_dir())
     # batch 4096, one pass: ~67 MB of XLA temporaries, above a thread arena's 64 MiB heap
     config, method, mesh, source, layout = bt.setup_model("numerical_case2", args, 4096)
@@ -122,7 +120,7 @@ DISPATCH_STEP_PROBE = textwrap.dedent("""
 DISPATCH_RULES_PROBE = textwrap.dedent("""
     import json, sys
     import jax
-    from crl_jax import host_memory
+    from crl_jax.host import memory as host_memory
     out = {"first": host_memory.set_cpu_dispatch()}        # mode from the environment
     out["flag_async"] = bool(jax.config.values["jax_cpu_enable_async_dispatch"])
     jax.block_until_ready(jax.numpy.ones(3) + 1)           # the backend starts here

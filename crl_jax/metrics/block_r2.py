@@ -25,7 +25,7 @@ Pipeline (the same for every call):
 
 Everything is float64 numpy; the train gram matrix is accumulated in row chunks, so
 100,000 train rows with 1000 landmarks need ~100 MB and run in 15-30 s on 2 shared cores
-(benchmarks/bench_metrics.py). Ridge solves (one Cholesky per alpha) run on one BLAS
+(python -m benchmarks.metrics). Ridge solves (one Cholesky per alpha) run on one BLAS
 thread: at that size threads gain little and are ~10x slower on an oversubscribed box.
 """
 from __future__ import annotations

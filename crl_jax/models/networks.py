@@ -37,7 +37,7 @@ def dense(x: jnp.ndarray, kernel: jnp.ndarray, bias: jnp.ndarray) -> jnp.ndarray
     is transposed after an ``optimization_barrier`` (a copy of out x in values), so XLA
     cannot fold it back; square and widening layers take ``x^T dy`` directly. Measured on
     the default run's step (3 seeds x batch 512, 2 CPU cores): 20.9 -> 17.8 ms, the same MCC
-    (docs/PERFORMANCE.md, *What was changed*). Same values as autodiff
+    (docs/PERFORMANCE.md). Same values as autodiff
     (tests/test_networks_equivalence.py). Reverse mode only: nothing in the project
     differentiates the networks forward-mode (``jax.jvp`` raises on a ``custom_vjp``)."""
     return x @ kernel + bias
@@ -76,12 +76,12 @@ def leaky_relu(x: jnp.ndarray) -> jnp.ndarray:
     Why: with ``nn.leaky_relu`` XLA:CPU fuses a copy of the forward's bias add and select into
     the backward's mask, so the step kept every hidden layer's matrix-product output *and*
     its activation until the backward pass: 96 of the 111 MB of temporaries of
-    numerical_case2 at batch 4096, half of them products (``benchmarks/step_memory.py``).
+    numerical_case2 at batch 4096, half of them products (``python -m benchmarks.profiling memory``).
     Here the output is a division (``x / 5`` below zero), which XLA does not duplicate into
     consumers, and the gradient's mask is read from the output's sign (the same as the
     input's: dividing by 1 or 5 keeps it), so the product output dies in the forward pass:
-    80.7 -> 50.0 MB for the growth layout M = 6 at batch 1024 (docs/PERFORMANCE.md, *Memory
-    of the step*). Values: the slope is exactly 1/5 (``x / 5`` correctly rounded),
+    80.7 -> 50.0 MB for the growth layout M = 6 at batch 1024 (docs/PERFORMANCE.md).
+    Values: the slope is exactly 1/5 (``x / 5`` correctly rounded),
     where ``nn.leaky_relu(x, 0.2)`` multiplies by float32(0.2); they differ by at most one
     unit in the last place, below zero (tests/test_networks_equivalence.py)."""
     return x / jnp.where(x >= 0, 1.0, 1.0 / LEAKY_SLOPE).astype(x.dtype)

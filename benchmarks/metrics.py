@@ -1,6 +1,6 @@
-"""Wall time of the identifiability metrics (MCC, block R^2) against sample size.
+"""How long do the identifiability metrics (MCC, block R^2) take against sample size? (metrics)
 
-    python benchmarks/bench_metrics.py --sizes=1000,10000,100000 --dim=4 --out=bench_metrics.json
+    python -m benchmarks.metrics --sizes=1000,10000,100000 --dim=4 --out=metrics.json
 
 ``n`` is the number of TRAIN rows; validation and test have n/4 rows each. The estimate is
 a random invertible leaky-ReLU map of the true latents plus 5% noise, so both MCC and
@@ -96,7 +96,7 @@ def main() -> None:
             f"{r['r2_linear']:7.4f} {r['r2_kernel_s']:7.2f} {r['r2_kernel']:7.4f} {exact}"
         )
     info = {
-        "command": "python benchmarks/bench_metrics.py " + " ".join(f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if v is not None),
+        "command": "python -m benchmarks.metrics " + " ".join(f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if v is not None),
         "cpu_count": os.cpu_count(),
         "load_avg_1min_at_end": os.getloadavg()[0],
         "blas": blas,

@@ -1,20 +1,20 @@
-"""Figures of docs/PERFORMANCE.md, drawn from the benchmark JSON in ``benchmarks/results``.
+"""The figures of docs/PERFORMANCE.md, drawn from the benchmark JSON in ``benchmarks/results``.
+
+    python -m benchmarks.plot --out=docs/figures
 
 Four figures, each from the files of one benchmark (flags name them; defaults are the shipped
 results the page quotes):
 
 - ``seeds.png``: the training loop's time per step for 1-16 vmapped seeds, relative to one
-  seed, per batch size (``bench_steps_per_call.py``), beside the issue's target (8 seeds <= 3x
-  one seed), the no-sharing line (S seeds = S x one seed) and the floor of the seeds' step
-  (their products and optimiser update alone, ``bench_seed_floor.py``).
+  seed, per batch size (``benchmarks.loop seeds``), beside the target (8 seeds <= 3x one
+  seed), the no-sharing line (S seeds = S x one seed) and the floor of the seeds' step
+  (their products and optimiser update alone, ``benchmarks.loop floor``).
 - ``growth.png``: step time against the number of measurements K, modalities M and the latent
-  dimension D, log-log, with the fitted exponent (``bench_train.py --sections=growth``).
+  dimension D, log-log, with the fitted exponent (``benchmarks.step --sections=growth``).
 - ``throughput.png``: the step's FLOP/s as a fraction of a comparable matrix product measured
-  beside it, per batch and products library (``bench_train.py --sections=throughput``).
+  beside it, per batch and products library (``benchmarks.step --sections=throughput``).
 - ``cpu_dots.png``: YNNPACK time over Eigen time per training-loop case
-  (``bench_cpu_dots.sh``), with the library ``crl_jax.cpu_dots`` picks for the case.
-
-    python benchmarks/plot_performance.py --out=docs/figures
+  (``benchmarks.loop libraries``), with the library ``crl_jax.host.dots`` picks for the case.
 
 Plotting only: nothing is measured here, so it runs in seconds on any machine.
 """
@@ -25,18 +25,17 @@ import glob
 import json
 import os
 import re
-import sys
 
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, LogLocator, NullFormatter, NullLocator, ScalarFormatter
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)   # bench_steps_per_call, for the shipped configs by name
 RESULTS = os.path.join(HERE, "results")
-SEEDS_TARGET = (8, 3.0)       # issue 7: 8 vmapped seeds <= 3x one seed per step
-FLOPS_TARGET = 0.40           # issue 7: step FLOP/s >= 40 % of a comparable matmul
-GROWTH_TARGET = 1.1           # issue 7: fitted exponent in K and M <= 1.1
+# The performance targets (docs/PERFORMANCE.md, at a glance):
+SEEDS_TARGET = (8, 3.0)       # 8 vmapped seeds <= 3x one seed per step
+FLOPS_TARGET = 0.40           # step FLOP/s >= 40 % of a comparable matmul
+GROWTH_TARGET = 1.1           # fitted exponent in K and M <= 1.1
 
 
 def _plain_log_axis(axis, ticks) -> None:
@@ -65,7 +64,7 @@ def _load(path: str, flag: str, key: str) -> dict:
 
 def seed_ratios(result: dict) -> dict[tuple[int, int], tuple[list[int], list[float]]]:
     """``{(batch, steps_per_call): (seeds, median ms per step / one seed's)}`` from one
-    ``bench_steps_per_call.py`` result; every group needs its 1-seed row."""
+    ``benchmarks.loop seeds`` result; every group needs its 1-seed row."""
     groups: dict[tuple[int, int], dict[int, float]] = {}
     for row in result["rows"]:
         key = (int(row["batch"]), int(row["steps_per_call"]))
@@ -74,7 +73,7 @@ def seed_ratios(result: dict) -> dict[tuple[int, int], tuple[list[int], list[flo
     for key, by_seeds in sorted(groups.items()):
         if 1 not in by_seeds:
             raise ValueError(f"batch {key[0]}, {key[1]} steps per call: no 1-seed row to "
-                             f"compare with (run bench_steps_per_call.py with 1 in "
+                             f"compare with (run python -m benchmarks.loop seeds with 1 in "
                              f"--seeds_list)")
         seeds = sorted(by_seeds)
         out[key] = (seeds, [by_seeds[s] / by_seeds[1] for s in seeds])
@@ -82,14 +81,14 @@ def seed_ratios(result: dict) -> dict[tuple[int, int], tuple[list[int], list[flo
 
 
 def floor_points(result: dict) -> tuple[int, list[int], list[float]]:
-    """``(batch, seeds, floor / one seed's step)`` of one ``bench_seed_floor.py`` result."""
+    """``(batch, seeds, floor / one seed's step)`` of one ``benchmarks.loop floor`` result."""
     rows = result["rows"]
     return (int(rows[0]["batch"]), [int(r["seeds"]) for r in rows],
             [float(r["floor_vs_one_seed"]) for r in rows])
 
 
 def seeds_figure(results: list[dict], floors: list[dict] = ()) -> Figure:
-    """Lines: ``bench_steps_per_call.py`` results; hollow markers: ``bench_seed_floor.py``
+    """Lines: ``benchmarks.loop seeds`` results; hollow markers: ``benchmarks.loop floor``
     results (the products and optimiser alone), coloured as the line of the same batch."""
     fig = Figure(figsize=(5.5, 4))
     ax = fig.subplots()
@@ -222,11 +221,11 @@ def cpu_dots_pairs(folders: list[str]) -> list[dict]:
 
 
 def rule_pick(config_name: str, batch: int, seeds: int) -> str:
-    """What ``crl_jax.cpu_dots.choose`` picks for this case when left on ``auto``."""
-    import bench_steps_per_call as bspc
-    from crl_jax import cpu_dots
+    """What ``crl_jax.host.dots.choose`` picks for this case when left on ``auto``."""
+    from benchmarks.harness import load_config
+    from crl_jax.host import dots as cpu_dots
 
-    config = bspc.load_config(config_name.replace("_small", ":small"), "")
+    config = load_config(config_name.replace("_small", ":small"), "")
     config.train.update(batch_size=batch, num_seeds=seeds)
     saved = os.environ.pop(cpu_dots.ENV, None)
     try:
@@ -267,19 +266,18 @@ def main(argv=None) -> list[str]:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default=os.path.join(os.path.dirname(HERE), "docs", "figures"))
     p.add_argument("--seeds", default=",".join(
-        os.path.join(RESULTS, f"bench_steps_per_call_seeds16_b{b}_cpu.json")
-        for b in (16, 64, 512)), help="comma-separated bench_steps_per_call.py results")
+        os.path.join(RESULTS, f"loop_seeds_b{b}_cpu.json") for b in (16, 64, 512)),
+        help="comma-separated 'benchmarks.loop seeds' results")
     p.add_argument("--seed_floors", default=",".join(
-        os.path.join(RESULTS, f"bench_seed_floor_b{b}_cpu.json") for b in (16, 64)),
-        help="comma-separated bench_seed_floor.py results drawn on the seeds figure "
+        os.path.join(RESULTS, f"loop_floor_b{b}_cpu.json") for b in (16, 64)),
+        help="comma-separated 'benchmarks.loop floor' results drawn on the seeds figure "
              "('' for none)")
-    p.add_argument("--growth", default=os.path.join(RESULTS, "bench_train_growth_eigen_cpu.json"))
+    p.add_argument("--growth", default=os.path.join(RESULTS, "step_growth_cpu.json"))
     p.add_argument("--throughput", default=",".join(
-        f"{lib}={os.path.join(RESULTS, f'bench_train_throughput_{lib}_cpu.json')}"
+        f"{lib}={os.path.join(RESULTS, f'step_throughput_{lib}_cpu.json')}"
         for lib in ("ynnpack", "eigen")), help="comma-separated LABEL=FILE")
-    p.add_argument("--cpu_dots", default=",".join(
-        os.path.join(RESULTS, d) for d in ("cpu_dots", "cpu_dots_seeds", "cpu_dots_b128")),
-        help="comma-separated folders of bench_cpu_dots.sh results")
+    p.add_argument("--cpu_dots", default=os.path.join(RESULTS, "loop_libraries"),
+                   help="comma-separated folders of 'benchmarks.loop libraries' results")
     args = p.parse_args(argv)
 
     seeds = [_load(path, "--seeds", "rows") for path in args.seeds.split(",")]

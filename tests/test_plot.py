@@ -1,4 +1,4 @@
-"""benchmarks/plot_performance.py: the figures of docs/PERFORMANCE.md from benchmark JSON.
+"""``python -m benchmarks.plot``: the figures of docs/PERFORMANCE.md from benchmark JSON.
 
 The numbers plotted are checked against the JSON they come from (a ratio taken against the
 wrong row, a lost pair or a mislabelled bar would fail here), and the command in the docs
@@ -12,9 +12,9 @@ import sys
 import numpy as np
 import pytest
 
+from benchmarks import plot as pp
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-import plot_performance as pp  # noqa: E402
 
 
 def _rows(batch, ms_by_seeds, per_call=10, config="synthetic"):
@@ -108,15 +108,14 @@ def test_missing_input_is_one_error_naming_the_flag(tmp_path):
 
 
 def test_a_result_of_another_benchmark_is_refused_by_name(tmp_path):
-    wrong = os.path.join(ROOT, "benchmarks", "results", "bench_train_growth_eigen_cpu.json")
+    wrong = os.path.join(ROOT, "benchmarks", "results", "step_growth_cpu.json")
     with pytest.raises(SystemExit, match="--seeds: .*has no 'rows'"):
         pp.main([f"--out={tmp_path}", f"--seeds={wrong}"])
 
 
 def test_docs_command_draws_the_four_figures_from_the_shipped_results(tmp_path):
-    proc = subprocess.run([sys.executable, "benchmarks/plot_performance.py",
-                           f"--out={tmp_path}"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.plot", f"--out={tmp_path}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for name in ("seeds", "growth", "throughput", "cpu_dots"):
         path = tmp_path / f"{name}.png"
