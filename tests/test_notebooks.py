@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import base64
 import csv
+import importlib.util
 import json
+import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -109,6 +112,8 @@ def test_notebook_runs_headless(name, tmp_path, monkeypatch, data_dir):
         for f in RUN_FILES:
             assert (report_path.parent / f).is_file(), f"{name}: no {f} in {report_path.parent}"
         report = json.loads(report_path.read_text())
+        if sys.platform.startswith("linux") and "CRL_JAX_MALLOC_TUNING" not in os.environ:
+            assert report["malloc_tuning"]["applied"], report["malloc_tuning"]  # host.setup()
         mcc = report["evaluation"]["summary"]["mcc_pearson"]
         assert len(mcc["per_seed"]) == report["num_seeds"] >= 1
         assert all(0.0 <= v <= 1.0 for v in mcc["per_seed"])
@@ -132,3 +137,33 @@ def _check_sweep_table(sweep_dir: Path, reports: list[Path]) -> None:
             assert int(row["n_seeds"]) == len(stat["per_seed"])
             assert float(row["mean"]) == pytest.approx(stat["mean"], abs=1e-9)
             assert float(row["std"]) == pytest.approx(stat["std"], abs=1e-9)
+
+
+def _set_repo():
+    spec = importlib.util.spec_from_file_location("set_repo", NOTEBOOK_DIR / "set_repo.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_badges_and_repo_url_name_one_repository_changed_in_one_place(tmp_path):
+    """Every Colab badge (notebooks and README) and every notebook's REPO_URL name the same
+    repository, and notebooks/set_repo.py moves all of them at once."""
+    set_repo = _set_repo()
+    root = NOTEBOOK_DIR.parent
+    badges = sum(len(set_repo.BADGE.findall(p.read_text())) for p in set_repo.files(root))
+    clones = sum(len(set_repo.CLONE.findall(p.read_text())) for p in set_repo.files(root))
+    assert badges == 2 * len(NOTEBOOKS) and clones == len(NOTEBOOKS), (badges, clones)
+    assert len({repo for repo, _ in set_repo.found(root)}) == 1, set_repo.found(root)
+    (tmp_path / "notebooks").mkdir()
+    for path in set_repo.files(root):
+        shutil.copy(path, tmp_path / path.relative_to(root))
+    changed = set_repo.set_repo("someone/fork", "dev", root=tmp_path)
+    assert len(changed) == len(NOTEBOOKS) + 1
+    assert set_repo.found(tmp_path) == {("someone/fork", "dev"), ("someone/fork", "")}
+    for path in changed:   # still valid notebooks, whose install cell clones the new URL
+        if path.suffix == ".ipynb":
+            nb = nbformat.read(path, as_version=4)
+            nbformat.validate(nb)
+            source = "\n".join(c.source for c in _code_cells(nb))
+            assert 'REPO_URL = "https://github.com/someone/fork.git"' in source
