@@ -61,7 +61,7 @@ def base_config() -> ml_collections.ConfigDict:
                                                # size (small chunks avoid page faults on CPU)
     config.train.steps_per_call = -1           # steps per dispatch (one lax.scan); -1: the
     #                                            largest divisor of log_every up to 10; 1: one
-    #                                            step per call (docs/PERFORMANCE.md, Dispatch)
+    #                                            step per call (docs/PERFORMANCE.md)
     config.train.log_every = 100
     config.train.checkpoint_every = 1000
     config.train.keep_checkpoints = 2

@@ -1,36 +1,8 @@
-"""PersonaX CRL on a local CelebPersona / AthlePersona table (Level II on real data).
+"""PersonaX CRL on a local CelebPersona / AthlePersona table (Level II on real data; docs/PERSONAX.md).
 
-Run on your copy of the data (never downloaded by this project):
+    python -m crl_jax.main --config=configs/personax.py:celeb --config.data.path=/path/to/celebpersona.parquet --config.data.columns=/path/to/celeb_columns.json --workdir=runs/celeb
 
-    python -m crl_jax.main --config=configs/personax.py:celeb \
-        --config.data.path=/path/to/celebpersona.parquet \
-        --config.data.columns=/path/to/celeb_columns.json --workdir=runs/celeb
-
-    python -m crl_jax.main --config=configs/personax.py:athle \
-        --config.data.path=/path/to/athlepersona.parquet \
-        --config.data.columns=/path/to/athle_columns.json --workdir=runs/athle
-
-On the fake table of ``crl_jax.data.fake_personax`` (written with
-``python -m crl_jax.data.fake_personax --out=/tmp/px/fake.parquet --n=2000``):
-
-    python -m crl_jax.main --config=configs/personax.py:athle \
-        --config.data.path=/tmp/px/fake.parquet \
-        --config.data.columns=/tmp/px/fake_columns.json --workdir=/tmp/px/run
-
-Variants (comma-separated): ``celeb`` (3 shared / 10 image / 5 text latents, 3 image and 3
-text measurements, as in the paper), ``athle`` (2 / 5 / 5, 1 image and 3 text measurements),
-``smoke`` (a run of a few seconds, for tests: ``athle,smoke``).
-
-``config.data.columns`` says where the embeddings live: "" uses the variant's default layout
-(``crl_jax.personax_crl.default_columns``: columns ``image_emb_0..``, ``text_emb_4o``,
-``text_emb_DS``, ``text_emb_gemini``, id ``person_id``), a path to a JSON file of ``crl_jax.data.personax.PersonaXColumns`` fields,
-an inline JSON object, or (from Python) a dict / ``PersonaXColumns``. The measurement counts
-come from the layout, the latent sizes from the variant.
-
-Outputs in the workdir (see docs/PERSONAX.md): ``latents_seed{i}.csv``, ``pc_edges_seed0.csv``,
-``pc_graph_seed0.png``, ``prior_edges_seed{i}.csv``, ``prior_graph_seed0.png``, ``report.json``,
-``report.md``, checkpoints and metrics. There is no ground truth on real data: the result is the
-learned latents and graphs, not a score.
+Expected: no score (real data has no ground truth); latents_seed{i}.csv, the PC graph on the learned latents and report.md in the workdir.
 """
 from __future__ import annotations
 
@@ -65,7 +37,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.source = "personax"
     config.data.dataset = dataset                 # informational: which paper setting
     config.data.path = ""                         # the table (.parquet / .pq / .csv); required
-    # "" = personax_crl.default_columns(...); a JSON path; inline JSON; or (Python) a dict / PersonaXColumns.
+    # "" = experiments.personax.default_columns(...); a JSON path; inline JSON; or (Python) a dict / PersonaXColumns.
     config.data.columns = config_dict.FieldReference("", field_type=object)
     config.data.default_n_image = v["n_image"]    # measurement counts of the default layout
     config.data.default_n_text = v["n_text"]

@@ -1,23 +1,8 @@
-"""PersonaX on the numerical synthetic benchmarks (Sun et al. 2025, App. D.1), K = 3.
-
-Run (default: ``numerical_case1``, 3 measurements per modality, 3 seeds trained together):
+"""PersonaX on the numerical synthetic benchmarks (Sun et al. 2025, App. D.1), K = 3, 3 seeds.
 
     python -m crl_jax.main --config=configs/synthetic.py --workdir=/tmp/run
 
-Variants: ``--config=configs/synthetic.py:case2`` (``case1``, ``case2``, ``case3``,
-``content_style``), and ``:smoke`` (or ``:case2,smoke``) for a run of a few seconds used by
-the tests. Any field can be overridden, e.g. ``--config.train.num_seeds=5``.
-
-Expected result of the default command (measured, see the README's "Results"): held-out
-MCC 0.931 ± 0.008 (Pearson) over 3 seeds, kernel R² of the true block from the estimated
-block 0.974 (m1) and 0.918 (m2); 83.5-88.0 s of training on 2 CPU cores in three quiet
-runs since this job's products run on Eigen (crl_jax/cpu_dots.py; 103.0 s with
-``CRL_JAX_CPU_DOTS=ynnpack`` right before, 96.7-106.5 s in three quiet runs with YNNPACK and
-10 steps per call, 102.2-115.7 s with ``--config.train.steps_per_call=1``); longer when other
-jobs share the cores, and with ``CRL_JAX_MALLOC_TUNING=0``: see crl_jax/host_memory.py.
-``--config.train.microbatch_size=-1`` keeps one pass here (the step needs 41 MB of
-temporaries); under the earlier 32 MB auto rule it took 2 chunks and 122.3 s
-(docs/PERFORMANCE.md, *The auto rule since tune_malloc*).
+Expected: held-out MCC 0.931 ± 0.008, kernel R² 0.974 / 0.918 (m1 / m2), SHD 3, in ~90-120 s of training on 2 CPU cores.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Held-out evaluation of trained replicas (DESIGN.md section 3).
+"""Held-out evaluation of trained replicas (docs/MODEL.md, section 4).
 
 Three fresh samples are drawn from the run's generative process with keys that training
 never uses: ``fit`` (to fit the R^2 regressions), ``val`` (R^2 hyper-parameters and the MCC

@@ -44,7 +44,7 @@ def maybe_initialize_distributed(coordinator: str = "", num_processes: int = 0,
     ``--process_id``) win over the environment variables ``CRL_JAX_COORDINATOR`` (host:port
     of process 0), ``CRL_JAX_NUM_PROCESSES``, ``CRL_JAX_PROCESS_ID``. On Cloud TPU, SLURM,
     Open MPI and Kubernetes, ``jax.distributed.initialize()`` with no arguments detects
-    all three; set ``CRL_JAX_DISTRIBUTED=auto`` for that. See docs/PERFORMANCE.md.
+    all three; set ``CRL_JAX_DISTRIBUTED=auto`` for that. See docs/DISTRIBUTED.md.
     """
     coordinator = coordinator or os.environ.get("CRL_JAX_COORDINATOR", "")
     num_processes = num_processes or int(os.environ.get("CRL_JAX_NUM_PROCESSES", "0"))
