@@ -237,3 +237,20 @@ def test_training_with_microbatches_runs_and_learns(tmp_path):
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert records[-1]["loss"] < records[0]["loss"]
     assert all(r["microbatches"] == 64 // 16 for r in records)
+
+
+def test_loop_settings_resolve_auto_from_the_step_shapes_alone(monkeypatch):
+    """train.microbatch_size = -1 is resolved before training, from the shapes of the state
+    (train.abstract_state: nothing computed) and the compiled one-pass step."""
+    config, method, mesh, source, layout = _personax(batch_size=48)
+    config.train.microbatch_size = -1
+    monkeypatch.setattr(memory, "cpu_dispatch_mode", lambda: "inline")
+    abstract = train.abstract_state(method, config, mesh, layout)
+    assert all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(abstract.params))
+    assert autotune.loop_settings(config, method, mesh, source, layout) == {
+        "microbatches": 1, "steps_per_call": 10}
+    monkeypatch.setattr(autotune, "AUTO_MICROBATCH_TEMP_MB", 1e-3)
+    monkeypatch.setattr(autotune, "AUTO_MICROBATCH_MIN_SHARE_OVER_PARAMS", 0.0)
+    n = autotune.loop_settings(config, method, mesh, source, layout)["microbatches"]
+    state = train.init_state(method, config, mesh, layout)
+    assert n > 1 and n == autotune.resolve_microbatches(config, method, mesh, state, source(0))
