@@ -11,8 +11,9 @@ import pytest
 import synthetic
 from configs import variant_mnist
 from crl_jax import config_validation, experiment
-from synthetic import get_spec, image_data, load_process, make_process, render
+from synthetic import Spec, get_spec, image_data, load_process, make_process, render
 from synthetic.presets import VARIANT_MNIST_IDENTITY
+from synthetic.sample import main as sample_main
 
 N = 256  # one batch size and 14x14 images: the sampler compiles once per identity setting
 K = 3
@@ -149,3 +150,15 @@ def test_sampling_is_deterministic_in_the_key(mode, processes, samples):
     other = processes[mode].sample(jax.random.PRNGKey(2), N)
     assert not np.array_equal(np.asarray(other.x[0]), np.asarray(samples[mode].x[0]))
     assert np.array_equal(np.asarray(other.eta[0]), np.asarray(samples[mode].eta[0])) == (mode == "fixed")
+
+
+def test_cli_identity_flag(tmp_path, data_dir, labels):
+    out = tmp_path / "vm.npz"
+    assert sample_main(["--preset=variant_mnist_3m", "--n=64", f"--out={out}", f"--data_dir={data_dir}",
+                        "--identity=per_measurement"]) == 0
+    with np.load(out) as f:
+        idx = f["eta_digit"][..., 0]
+        assert Spec.from_json(str(f["spec_json"])).identity == "per_measurement"
+    assert np.mean(idx[:, 0] != idx[:, 1]) > 0.9 and (labels[0][idx] == labels[0][idx[:, :1]]).all()
+    with pytest.raises(ValueError, match="--identity"):
+        sample_main(["--preset=numerical_case1", "--n=4", f"--out={out}", "--identity=fixed"])
