@@ -88,8 +88,11 @@ def render(z: jax.Array, digits: jax.Array, items: jax.Array, n_colours: int,
     digits = jnp.asarray(digits, jnp.float32) / 255.0
     items = jnp.asarray(items, jnp.float32) / 255.0
     if digits.ndim == 4 and digits.shape[1] != n_colours:
-        raise ValueError(f"digits has {digits.shape[1]} images per sample, expected 1 shared or n_colours={n_colours}.")
+        raise ValueError(f"digits has shape {digits.shape}; give (n, 28, 28), one image for all colours, "
+                         f"or (n, n_colours={n_colours}, 28, 28), one per colour.")
     if items.ndim == 4:
+        if items.shape[1] != 1:
+            raise ValueError(f"items has shape {items.shape}; the fashion modality has one measurement: (n, 1, 28, 28).")
         items = items[:, 0]
     scale_d = intensity(z[:, 1])[:, None, None]
     grey_digit = warp(digits, shift_px(z[:, 0]), jnp.zeros_like(z[:, 0]))
