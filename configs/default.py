@@ -19,6 +19,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.data.generator_seed = 0             # key of the generative process (graph, maps)
     config.data.data_dir = ""                  # image files (variant_mnist); "" = env/tfds
     config.data.image_size = 28                # 28 or 14 (variant_mnist)
+    config.data.identity = ""                  # variant_mnist images: "" = the preset's (fixed);
+                                               # or per_measurement / per_sample / fixed
     config.data.train_size = 0                 # 0: fresh samples every step; N: fixed set
     config.data.eval_fit_size = 5000           # held-out samples to fit R^2 regressions
     config.data.val_size = 2000                # held-out: R^2 hyper-parameters, MCC matching

@@ -35,6 +35,11 @@ def validate(config, n_devices: int) -> None:
     _require(int(d.shared_dim) >= 0, "data.shared_dim", f"must be >= 0, got {d.shared_dim}")
     _require(int(d.image_size) in (14, 28), "data.image_size",
              f"must be 14 or 28, got {d.image_size}")
+    identity = str(d.get("identity", ""))
+    _require(identity in ("",) + synthetic.IDENTITIES, "data.identity",
+             f"{identity!r} is not '' (the preset's) or one of {list(synthetic.IDENTITIES)}")
+    _require(not identity or d.preset.startswith("variant_mnist"), "data.identity",
+             f"says how variant_mnist images are chosen; preset {d.preset!r} has none, set it to ''")
     _require(int(d.train_size) >= 0, "data.train_size",
              "must be 0 (fresh samples every step) or a positive training-set size")
     for field in ("eval_fit_size", "val_size", "test_size"):

@@ -137,3 +137,17 @@ def check_available(data_dir: str | os.PathLike | None = None) -> None:
     """Raise FileNotFoundError early if either image pool is missing."""
     for dataset in DATASETS:
         load_images(dataset, "train", data_dir)
+
+
+def class_index(labels: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-class lookup tables of a labelled pool, for drawing an image of a given class.
+
+    Returns int32 arrays: 'labels' (N,), 'order' (N,) pool indices sorted by class (stable),
+    'offsets' (C,) and 'counts' (C,): the images of class c are order[offsets[c]:offsets[c] + counts[c]].
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or labels.size == 0 or labels.min() < 0:
+        raise ValueError(f"labels must be a non-empty 1-D array of class ids >= 0, got shape {labels.shape}.")
+    counts = np.bincount(labels)
+    return {"labels": labels.astype(np.int32), "order": np.argsort(labels, kind="stable").astype(np.int32),
+            "offsets": (np.cumsum(counts) - counts).astype(np.int32), "counts": counts.astype(np.int32)}

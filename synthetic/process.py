@@ -30,8 +30,8 @@ FORMAT = "crl_jax.synthetic/1"
 class Sample(NamedTuple):
     """One batch. x[m]: (n, K_m, *obs_shape_m) float32; z: (n, D) float32 in order [s, z_1..z_M];
     eta[m]: (n, K_m, e_m) (vector data: float32 exogenous inputs of the mixing; variant MNIST:
-    int32 index of the image drawn from the MNIST / Fashion-MNIST train pool, the same for all
-    colour measurements); adjacency: (D, D) int, row = child."""
+    int32 index, in the MNIST / Fashion-MNIST train pool, of the image each measurement shows,
+    see Spec.identity); adjacency: (D, D) int, row = child."""
 
     x: tuple[jax.Array, ...]
     z: jax.Array
@@ -43,7 +43,7 @@ class Process:
     """A fully specified generative process. Construct with `make_process` or `load_process`."""
 
     def __init__(self, spec: Spec, params: dict[str, Any], adjacency: np.ndarray,
-                 images: dict[str, jax.Array] | None = None):
+                 images: dict[str, dict[str, jax.Array]] | None = None):
         adjacency = np.asarray(adjacency).astype(np.int64)
         d = spec.latent_dim
         if adjacency.shape != (d, d):
@@ -52,6 +52,8 @@ class Process:
             raise ValueError("adjacency has edges the spec's design rules forbid (see Spec.allowed_edges_mask()).")
         if spec.kind == "variant_mnist" and images is None:
             raise ValueError("images (the MNIST / Fashion-MNIST pools) are required for kind='variant_mnist'.")
+        if spec.identity == "fixed" and "fixed_image" not in params:
+            raise ValueError("params['fixed_image'] (the chosen image of each modality) is required for identity='fixed'.")
         self._spec = spec
         self._params = jax.tree_util.tree_map(jnp.asarray, params)
         self._adjacency = adjacency
@@ -66,7 +68,8 @@ class Process:
 
     @property
     def params(self) -> dict[str, Any]:
-        """Pytree of arrays: {'scm': {...}, 'mixing': {<modality>: {'weights', ['lift']}}} (vector)."""
+        """Pytree of arrays: {'scm': {...}, 'mixing': {<modality>: {'weights', ['lift']}}} (vector),
+        or {'scm': {...}, ['fixed_image': {<modality>: pool index}]} (variant MNIST, identity='fixed')."""
         return self._params
 
     @property
@@ -172,13 +175,15 @@ def _sample(params, images, adjacency, order, key, spec: Spec, n: int):
     eps = mechanisms.sample_noise(k_eps, (n, spec.latent_dim), spec.noise)
     z = mechanisms.forward(params["scm"], eps, adjacency, order, spec.mechanism, spec.noise_scale)
     if spec.kind == "variant_mnist":
-        k_d, k_f = jax.random.split(k_eta)
-        idx_d = jax.random.randint(k_d, (n,), 0, images["digit"].shape[0])
-        idx_f = jax.random.randint(k_f, (n,), 0, images["fashion"].shape[0])
         k_digit = spec.modalities[0].n_measurements
-        x_d, x_f = render.render(z, images["digit"][idx_d], images["fashion"][idx_f], k_digit, spec.image_size)
-        eta = (jnp.broadcast_to(idx_d[:, None, None], (n, k_digit, 1)).astype(jnp.int32),
-               idx_f[:, None, None].astype(jnp.int32))
+        idx = [_image_indices(spec.identity, images[m.name], params.get("fixed_image", {}).get(m.name), k, n,
+                              m.n_measurements)
+               for m, k in zip(spec.modalities, jax.random.split(k_eta))]
+        # one shared image per sample renders once and is tinted K times; otherwise one image per measurement
+        picked = [images[m.name]["images"][i if spec.identity == "per_measurement" else i[:, 0]]
+                  for m, i in zip(spec.modalities, idx)]
+        x_d, x_f = render.render(z, picked[0], picked[1], k_digit, spec.image_size)
+        eta = tuple(i[:, :, None].astype(jnp.int32) for i in idx)
         return (x_d.astype(jnp.float32), x_f.astype(jnp.float32)), z.astype(jnp.float32), eta
     xs, etas = [], []
     for i, m in enumerate(spec.modalities):  # trace-time loop over modalities
@@ -189,16 +194,46 @@ def _sample(params, images, adjacency, order, key, spec: Spec, n: int):
     return tuple(xs), z.astype(jnp.float32), tuple(etas)
 
 
-def _load_images(spec: Spec) -> dict[str, jax.Array]:
-    return {"digit": jnp.asarray(image_data.load_images("mnist", "train", spec.data_dir)),
-            "fashion": jnp.asarray(image_data.load_images("fashion_mnist", "train", spec.data_dir))}
+def _image_indices(identity: str, pool: dict[str, jax.Array], fixed: jax.Array | None, key: jax.Array, n: int,
+                   k: int) -> jax.Array:
+    """(n, k) int pool indices of the image each of the k measurements of n samples shows."""
+    size = pool["images"].shape[0]
+    if identity == "per_sample":
+        return jnp.broadcast_to(jax.random.randint(key, (n,), 0, size)[:, None], (n, k))
+    if identity == "fixed":
+        return jnp.broadcast_to(jnp.asarray(fixed, jnp.int32), (n, k))
+    # per_measurement: the class of a uniformly drawn image (classes in proportion to the pool,
+    # so each measurement's image is uniform over the pool), then k independent images of it
+    k_class, k_pos = jax.random.split(key)
+    c = pool["labels"][jax.random.randint(k_class, (n,), 0, size)]
+    pos = jax.random.randint(k_pos, (n, k), 0, pool["counts"][c][:, None])
+    return pool["order"][pool["offsets"][c][:, None] + pos]
+
+
+POOLS = {"digit": "mnist", "fashion": "fashion_mnist"}  # modality -> image data set
+
+
+def _load_pools(spec: Spec) -> dict[str, dict[str, jax.Array]]:
+    """Per modality: 'images' (N, 28, 28) uint8, plus the class tables of image_data.class_index
+    when identity='per_measurement'."""
+    pools = {}
+    for name, dataset in POOLS.items():
+        images = image_data.load_images(dataset, "train", spec.data_dir)
+        pool = {"images": images}
+        if spec.identity == "per_measurement":
+            labels = image_data.load_labels(dataset, "train", spec.data_dir)
+            if labels.shape != images.shape[:1]:
+                raise ValueError(f"{dataset}: {labels.shape[0]} labels for {images.shape[0]} images; the files disagree.")
+            pool.update(image_data.class_index(labels))
+        pools[name] = {k: jnp.asarray(v) for k, v in pool.items()}
+    return pools
 
 
 def make_process(key: jax.Array, spec: Spec) -> Process:
     """Sample every parameter of the process described by `spec` from `key` (deterministic)."""
     if not isinstance(spec, Spec):
         raise ValueError(f"spec must be a synthetic.Spec (use synthetic.get_spec(name)), got {type(spec).__name__}.")
-    images = _load_images(spec) if spec.kind == "variant_mnist" else None  # fail early if files are missing
+    images = _load_pools(spec) if spec.kind == "variant_mnist" else None  # fail early if files are missing
     k_graph, k_scm, k_mix = jax.random.split(key, 3)
     if spec.adjacency is not None:
         adjacency = np.asarray(spec.adjacency, dtype=np.int64)
@@ -213,6 +248,10 @@ def make_process(key: jax.Array, spec: Spec) -> Process:
                 jax.random.fold_in(k_mix, i), m.n_measurements, n_in, m.obs_dim, spec.mixing_depth,
                 spec.condition_threshold(n_in), mixing.n_candidates(spec.cond_quantile))
             for i, (m, n_in) in enumerate(zip(spec.modalities, spec.mixing_input_dims))}
+    elif spec.identity == "fixed":  # images have no mixing weights: k_mix picks the fixed images
+        params["fixed_image"] = {
+            m.name: jax.random.randint(jax.random.fold_in(k_mix, i), (), 0, images[m.name]["images"].shape[0])
+            for i, m in enumerate(spec.modalities)}
     return Process(spec, params, adjacency, images)
 
 
@@ -237,5 +276,5 @@ def load_process(directory: str | os.PathLike, data_dir: str | os.PathLike | Non
             for p in parents:
                 node = node.setdefault(p, {})
             node[leaf] = npz[name]
-    images = _load_images(spec) if spec.kind == "variant_mnist" else None
+    images = _load_pools(spec) if spec.kind == "variant_mnist" else None
     return Process(spec, params, np.asarray(meta["adjacency"]), images)

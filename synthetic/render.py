@@ -14,6 +14,8 @@ frame. Sub-pixel translation and scaling are bilinear interpolation written as t
 tent-kernel matrices (``out = R_y @ img @ R_x^T``), zero outside the source image. Images are
 rendered at 28x28 and, for image_size=14, 2x2 average-pooled. Digit measurement k multiplies
 the grey digit by colour ``COLOURS[k]`` (RGB in [0, 1]); the fashion item is one grey channel.
+Each measurement may have its own source image (Spec.identity='per_measurement'); the latents
+move every measurement's image in the same way.
 All functions are jnp, jit-able and vectorised over the batch.
 """
 
@@ -58,8 +60,11 @@ def _interp_matrix(offset: jax.Array, scale: float) -> jax.Array:
 
 
 def warp(images: jax.Array, dx: jax.Array, dy: jax.Array, scale: float = 1.0) -> jax.Array:
-    """Scale about the centre, then translate by (dx, dy) px: (n, 28, 28) -> (n, 28, 28)."""
+    """Scale about the centre, then translate by (dx, dy) px: (n, 28, 28) -> (n, 28, 28), or
+    (n, J, 28, 28) -> (n, J, 28, 28) with the same (dx[i], dy[i]) for all J images of sample i."""
     ry, rx = _interp_matrix(dy, scale), _interp_matrix(dx, scale)
+    if images.ndim == 4:
+        return jnp.einsum("nri,nkij,ncj->nkrc", ry, images, rx, precision=jax.lax.Precision.HIGHEST)
     return jnp.einsum("nri,nij,ncj->nrc", ry, images, rx, precision=jax.lax.Precision.HIGHEST)
 
 
@@ -76,14 +81,26 @@ def render(z: jax.Array, digits: jax.Array, items: jax.Array, n_colours: int,
            image_size: int = 28) -> tuple[jax.Array, jax.Array]:
     """Render both modalities.
 
-    z: (n, 4) latents (z11, z12, z21, z22); digits, items: (n, 28, 28) uint8 or float images.
+    z: (n, 4) latents (z11, z12, z21, z22); digits: (n, 28, 28) (one image for all colours) or
+    (n, n_colours, 28, 28) (one per colour); items: (n, 28, 28) or (n, 1, 28, 28); uint8 or float.
     Returns digit images (n, n_colours, H, W, 3) and fashion images (n, 1, H, W, 1), float32 in [0, 1].
     """
     digits = jnp.asarray(digits, jnp.float32) / 255.0
     items = jnp.asarray(items, jnp.float32) / 255.0
-    grey_digit = warp(digits, shift_px(z[:, 0]), jnp.zeros_like(z[:, 0])) * intensity(z[:, 1])[:, None, None]
+    if digits.ndim == 4 and digits.shape[1] != n_colours:
+        raise ValueError(f"digits has shape {digits.shape}; give (n, 28, 28), one image for all colours, "
+                         f"or (n, n_colours={n_colours}, 28, 28), one per colour.")
+    if items.ndim == 4:
+        if items.shape[1] != 1:
+            raise ValueError(f"items has shape {items.shape}; the fashion modality has one measurement: (n, 1, 28, 28).")
+        items = items[:, 0]
+    scale_d = intensity(z[:, 1])[:, None, None]
+    grey_digit = warp(digits, shift_px(z[:, 0]), jnp.zeros_like(z[:, 0]))
+    grey_digit = grey_digit * (scale_d[:, None] if digits.ndim == 4 else scale_d)
     grey_item = warp(items, jnp.zeros_like(z[:, 2]), shift_px(z[:, 2]), FASHION_SCALE) * intensity(z[:, 3])[:, None, None]
     colours = jnp.asarray(COLOURS[:n_colours])  # (K, 3)
-    digit_rgb = grey_digit[:, None, :, :, None] * colours[None, :, None, None, :]
+    if digits.ndim == 3:
+        grey_digit = grey_digit[:, None]
+    digit_rgb = grey_digit[..., None] * colours[None, :, None, None, :]
     item = grey_item[:, None, :, :, None]
     return downsample(digit_rgb, image_size), downsample(item, image_size)

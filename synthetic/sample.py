@@ -1,7 +1,7 @@
 """Write a synthetic data set to .npz.
 
     python -m synthetic.sample --preset=numerical_case1 --n=10000 --out=/tmp/case1.npz \
-        [--seed=0] [--n_measurements=3] [--shared_dim=0] [--data_dir=../shared/data]
+        [--seed=0] [--n_measurements=3] [--shared_dim=0] [--data_dir=../shared/data] [--identity=fixed]
 
 Keys of the .npz: x_<modality> (n, K_m, *obs_shape_m), eta_<modality> (n, K_m, e_m),
 z (n, D) in order [s, z_1..z_M], adjacency (D, D) row = child, spec_json (the Spec as JSON).
@@ -22,6 +22,7 @@ import numpy as np
 
 from synthetic.presets import PRESETS, get_spec
 from synthetic.process import Process, Sample, make_process
+from synthetic.spec import IDENTITIES
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,6 +34,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--n_measurements", type=int, default=None)
     p.add_argument("--shared_dim", type=int, default=None)
     p.add_argument("--data_dir", default=None, help="folder with mnist/ and fashion-mnist/ IDX files")
+    p.add_argument("--identity", default=None, choices=IDENTITIES,
+                   help="variant_mnist_3m: how the images are chosen (default: the preset's)")
     return p
 
 
@@ -83,10 +86,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out)
     if out.suffix != ".npz":
         raise ValueError(f"--out={args.out!r} must end in .npz.")
-    overrides = {k: getattr(args, k) for k in ("n_measurements", "shared_dim", "data_dir")
+    overrides = {k: getattr(args, k) for k in ("n_measurements", "shared_dim", "data_dir", "identity")
                  if getattr(args, k) is not None}
     if args.preset == "variant_mnist_3m" and "shared_dim" in overrides:
         raise ValueError("--shared_dim is not available for variant_mnist_3m (no shared latent).")
+    if args.preset != "variant_mnist_3m" and "identity" in overrides:
+        raise ValueError(f"--identity is only for variant_mnist_3m (how its images are chosen), not {args.preset}.")
     spec = get_spec(args.preset, **overrides)
     key = jax.random.PRNGKey(args.seed)
     process: Process = make_process(jax.random.fold_in(key, 0), spec)

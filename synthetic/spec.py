@@ -22,6 +22,8 @@ KINDS = ("vector", "variant_mnist")
 MECHANISMS = ("mlp", "additive", "copy")
 NOISES = ("gaussian", "laplace", "uniform")
 IMAGE_SIZES = (28, 14)
+# Variant MNIST: how the digit / fashion images of a sample's measurements are chosen.
+IDENTITIES = ("per_sample", "per_measurement", "fixed")
 # Variant MNIST: the digit modality is rendered in up to this many colours (measurements).
 MAX_DIGIT_COLOURS = 6
 
@@ -67,6 +69,12 @@ class Spec:
         a fixed key (Zimmermann et al. 2021 use 0.25; von Kuegelgen et al. 2021 use 0.001).
       max_condition: explicit threshold; overrides cond_quantile when not None.
       image_size: 28 or 14 (variant_mnist only).
+      identity: how each sample's digit and fashion images are chosen (variant_mnist only,
+        required there; None for vector specs): 'per_sample' (one random image per sample,
+        shared by all its measurements), 'per_measurement' (one class per sample, then an
+        independent random image of that class for each measurement) or 'fixed' (one image,
+        chosen from the process key, for every sample). Only with 'fixed' do the measurements
+        share z_m and nothing else; 'per_measurement' still shares the class.
       data_dir: folder holding mnist/ and fashion-mnist/ IDX files (variant_mnist only;
         None -> env CRL_JAX_DATA_DIR, then a local tensorflow-datasets copy).
     """
@@ -85,6 +93,7 @@ class Spec:
     cond_quantile: float = 0.25
     max_condition: float | None = None
     image_size: int = 28
+    identity: str | None = None
     data_dir: str | None = None
 
     def __post_init__(self) -> None:
@@ -153,6 +162,10 @@ class Spec:
 
     def _validate_kind(self) -> None:
         if self.kind == "vector":
+            if self.identity is not None:
+                raise ValueError(
+                    f"Spec.identity={self.identity!r} applies only to kind='variant_mnist' (how the images are "
+                    f"chosen); leave it None for kind='vector'.")
             for i, m in enumerate(self.modalities):
                 n_in = self.shared_dim + m.latent_dim + m.eta_dim
                 if m.obs_dim < n_in:
@@ -164,6 +177,9 @@ class Spec:
         # variant_mnist
         if self.image_size not in IMAGE_SIZES:
             raise ValueError(f"Spec.image_size={self.image_size!r} must be one of {IMAGE_SIZES}.")
+        if self.identity not in IDENTITIES:
+            raise ValueError(
+                f"Spec.identity={self.identity!r} is not valid for kind='variant_mnist'; use one of {IDENTITIES}.")
         if self.shared_dim != 0:
             raise ValueError("Spec.shared_dim must be 0 for kind='variant_mnist' (the images have no shared latent).")
         if self.mechanism == "copy":
@@ -313,6 +329,8 @@ class Spec:
             raise ValueError(f"Spec: unknown field(s) {sorted(unknown)}; valid fields are {sorted(known)}.")
         d = dict(d)
         d["modalities"] = tuple(ModalitySpec(**m) for m in d["modalities"])
+        if d.get("kind") == "variant_mnist" and "identity" not in d:
+            d["identity"] = "per_sample"  # specs written before the field existed drew one image per sample
         return cls(**d)
 
     @classmethod

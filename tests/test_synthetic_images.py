@@ -20,7 +20,8 @@ COLS = np.arange(28, dtype=np.float64)
 
 @pytest.fixture(scope="module")
 def process(data_dir):
-    return make_process(jax.random.PRNGKey(0), get_spec("variant_mnist_3m", data_dir=str(data_dir)))
+    # rendering is checked on varied images: one random image per sample (identity tests: test_synthetic_identity.py)
+    return make_process(jax.random.PRNGKey(0), get_spec("variant_mnist_3m", identity="per_sample", data_dir=str(data_dir)))
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +157,8 @@ def test_render_monotone_sweeps(pools):
 
 
 def test_image_size_14_is_2x2_pool_of_28(process, batch, data_dir):
-    p14 = make_process(jax.random.PRNGKey(0), get_spec("variant_mnist_3m", image_size=14, data_dir=str(data_dir)))
+    p14 = make_process(jax.random.PRNGKey(0), get_spec("variant_mnist_3m", image_size=14, identity="per_sample",
+                                                       data_dir=str(data_dir)))
     s14 = p14.sample(jax.random.PRNGKey(1), N)
     assert s14.x[0].shape == (N, 3, 14, 14, 3) and s14.x[1].shape == (N, 1, 14, 14, 1)
     np.testing.assert_array_equal(np.asarray(s14.z), np.asarray(batch.z))

@@ -39,6 +39,8 @@ def spec_overrides(data_cfg) -> dict:
                     "n_measurements": int(data_cfg.n_measurements)})
         if data_cfg.data_dir:
             out["data_dir"] = str(data_cfg.data_dir)
+        if data_cfg.get("identity", ""):
+            out["identity"] = str(data_cfg.identity)
     return out
 
 
