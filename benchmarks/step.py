@@ -183,7 +183,7 @@ def growth_setup(layout, args):
     ``--growth_batch``, one seed, one device, a random batch."""
     config = model_config("numerical_case2", args.data_dir, args.growth_batch)
     mesh = parallel.make_mesh(jax.devices()[:1])
-    method = methods.build_method("personax", layout, config)
+    method = methods.build_method("personax_vae", layout, config)
     keys = jax.random.split(jax.random.PRNGKey(0), len(layout.names))
     batch = tuple(
         jax.device_put(jax.random.normal(key, (1, args.growth_batch, k) + shape),

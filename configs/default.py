@@ -29,7 +29,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.data.n_cross_edges = -1             # -1 = the preset's graph; N: N cross-modal edges
 
     config.model = ml_collections.ConfigDict()
-    config.model.name = "personax"
+    config.model.name = "personax"             # ours: two stages (docs/MODEL.md); see methods
     config.model.encoder = "mlp"               # "mlp" or "conv" (images)
     config.model.hidden = (128, 128)
     config.model.fusion = "poe"                # "poe" or "mean" over the K measurements
@@ -42,11 +42,31 @@ def base_config() -> ml_collections.ConfigDict:
     config.model.learn_temperature = False     # contrastive methods: learn it instead
     config.model.similarity = "l2"             # contrastive methods: "l2" or "cosine"
 
+    # personax, stage B: per-block flows under the causal prior, sparsity on the cross-modal
+    # dependence S (crl_jax/methods/personax.py); stage A is the multiview objective trained
+    # for train.steps with the train.* settings.
+    config.stage_b = ml_collections.ConfigDict()
+    config.stage_b.steps = 3000                # per phase (orders, then sparsity)
+    config.stage_b.learning_rate = 1e-3
+    config.stage_b.warmup_steps = 100
+    config.stage_b.grad_clip = 1.0             # per replica
+    config.stage_b.flow_layers = 1             # affine couplings per block flow
+    config.stage_b.flow_hidden = 32
+    config.stage_b.prior_hidden = 16           # the causal prior's noise models
+    config.stage_b.flow_units = 0
+    config.stage_b.lambdas = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)   # the sparsity path
+    config.stage_b.order_lambda = 0.3          # lambda of the within-block order search
+    config.stage_b.max_orders = 24             # candidate orders per block at most
+    config.stage_b.nll_margin = 0.03           # nats per latent dim (choose_lambda)
+    config.stage_b.penalty_rows = 128          # rows of the batch on which S is penalised
+
     config.loss = ml_collections.ConfigDict()
     config.loss.recon_std = 0.2                # std of the Gaussian likelihood (chosen on val MCC)
     config.loss.beta = 1.0
     config.loss.lambda_sparse = 1.0            # L1 on cross-modal edges (chosen on val MCC)
     config.loss.lambda_sparse_within = 0.0     # L1 on other edges (not in the paper)
+    config.loss.sparsity = "dependence"        # L1 on the dependence S, or "weights" (|W|)
+    config.loss.dependence_rows = 128          # rows of the batch on which S is computed
     config.loss.lambda_tie = 1.0
 
     config.train = ml_collections.ConfigDict()

@@ -48,6 +48,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.standardise = "per_dim"           # "per_dim" z-scores (train rows) or "none"
     config.data.shared_dim = v["shared_dim"]      # latents shared by image and text
 
+    config.model.name = "personax_vae"            # the two-stage personax: synthetic data only
     config.model.latent_dims = (v["image_dim"], v["text_dim"])   # (image, text)
     config.model.eta_dim = 2                      # measurement-specific latents per measurement
     config.model.hidden = (256, 256)

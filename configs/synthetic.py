@@ -23,6 +23,10 @@ def apply_smoke(config: ml_collections.ConfigDict) -> None:
     config.train.steps = 30
     config.train.batch_size = 64
     config.train.warmup_steps = 5
+    config.stage_b.steps = 20
+    config.stage_b.warmup_steps = 5
+    config.stage_b.max_orders = 2
+    config.stage_b.lambdas = (0.0, 0.3)
     config.train.num_seeds = 2
     config.train.log_every = 10
     config.train.checkpoint_every = 10

@@ -109,6 +109,7 @@ def evaluate_run(method, params, process, config) -> dict:
     spec_blocks, model_blocks = process.spec.block_slices, method.latent_blocks
     samples = heldout_samples(process, data_cfg)
     params = method.fit(params, samples["fit"].x, samples["fit"].z)
+    params = method.select(params, samples["val"].x)    # observations only
     adjacency_weights = None
     if method.adjacency(jax.tree_util.tree_map(lambda a: a[0], params)) is not None:
         adjacency_weights = np.asarray(jax.vmap(method.adjacency)(params))
@@ -128,4 +129,5 @@ def evaluate_run(method, params, process, config) -> dict:
                                     n_components=int(eval_cfg.kernel_components))
     return {"per_seed": per_seed, "summary": summarise_seeds(per_seed),
             "oracle_r2_ceiling": oracle, "true_adjacency": adjacency.astype(int).tolist(),
+            "choices": method.choices(params),
             "test_latents": {"true": true["test"], "est": est["test"]}}

@@ -1,7 +1,13 @@
 """The PersonaX objective.
 
-    L = recon + beta * KL(q || p_causal) + lambda_sparse * |W o cross_mask|_1
-        + lambda_sparse_within * |W o within_mask|_1 + lambda_tie * tie
+    L = recon + beta * KL(q || p_causal) + lambda_sparse * sum(S o cross_mask)
+        + lambda_sparse_within * sum(S o within_mask) + lambda_tie * tie
+
+``S`` is the scale-free dependence of the prior's noises on the latents
+(``causal_prior.dependence``, on the first ``loss.dependence_rows`` posterior samples of the
+batch), so the penalty cannot be escaped by a small adjacency weight followed by large
+weights in the noise model. ``loss.sparsity = "weights"`` penalises ``|W|`` instead (the
+paper's form, which that escape defeats).
 
 KL is estimated with the reparameterised sample: the entropy of the Gaussian posterior is
 analytic, the cross-entropy with the causal prior is ``-log p(z_sample)``. Every term is
@@ -56,7 +62,7 @@ def objective(out, xs, layout, loss_cfg):
     slices = layout.block_slices
     fused = [out["z_mean"][:, slices[n]] for n in layout.names]
     tie_term = tie(out["measurement_means"], fused)
-    adjacency = out["adjacency"]
+    adjacency = out.get("dependence", out["adjacency"])   # S >= 0, or the weights W
     cross = jnp.asarray(layout.cross_mask(), adjacency.dtype)
     within = jnp.asarray(layout.allowed_mask() & ~layout.cross_mask(), adjacency.dtype)
     l1_cross = jnp.sum(jnp.abs(adjacency * cross))

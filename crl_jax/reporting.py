@@ -78,6 +78,11 @@ def _markdown_synthetic(report: dict) -> str:
         row(f"R² est {b} <- true {b}", stat)
     for k, stat in s.get("graph", {}).items():
         row(f"graph {k}", stat)
+    choices = report["evaluation"].get("choices") or {}
+    if "lambda" in choices:
+        lines += ["", "Chosen on the validation sample (stage_b): lambda per seed "
+                  + ", ".join(f"{v:g}" for v in choices["lambda"])
+                  + " (from " + ", ".join(f"{v:g}" for v in choices["lambdas"]) + ")"]
     oracle = report["evaluation"]["oracle_r2_ceiling"]
     lines += ["", "Oracle R² ceiling (true block through a random invertible map): "
               + ", ".join(f"{b} {v:.3f}" for b, v in oracle.items()), ""]

@@ -71,7 +71,8 @@ class _SummaryWriter:
             self._tb.close()
 
 
-def _example_input(layout):
+def example_input(layout):
+    """A 2-row batch of zeros with the shapes of ``layout`` (for ``init``)."""
     return tuple(jnp.zeros((2, k) + tuple(shape), jnp.float32)
                  for k, shape in zip(layout.n_measurements, layout.obs_shapes))
 
@@ -96,8 +97,8 @@ def _summarise(window: list[dict]) -> dict:
 
 def init_state(method, config, mesh, data_layout):
     """The seed-stacked train state, replicated over ``mesh``."""
-    tx = steps.make_optimizer(config.train)
-    state = steps.create_train_states(method, _example_input(data_layout), tx,
+    tx = method.optimizer(config.train) or steps.make_optimizer(config.train)
+    state = steps.create_train_states(method, example_input(data_layout), tx,
                                       int(config.train.seed), int(config.train.num_seeds))
     return jax.device_put(state, parallel.replicated(mesh))
 
@@ -134,7 +135,7 @@ def jit_train_steps(method, mesh, microbatches: int = 1):
 def train(config, workdir: str, method, mesh, batches, data_layout, *,
           microbatches: int = 1, steps_per_call: int = 1,
           checkpoint_dir: str = "checkpoints", metrics_file: str = "metrics.jsonl",
-          step_offset: int = 0, stop_after_step=None):
+          step_offset: int = 0, initial_state=None, stop_after_step=None):
     """Train (or resume) ``method`` to ``config.train.steps``; returns (state, last step).
 
     ``batches``: an :class:`input_pipeline.BatchSource`; ``data_layout``: the shapes of the
@@ -143,6 +144,8 @@ def train(config, workdir: str, method, mesh, batches, data_layout, *,
     The pipelines resolve both from the config (``crl_jax.host.autotune.loop_settings``).
     ``checkpoint_dir`` (under ``workdir``), ``metrics_file`` and ``step_offset`` (added to
     the step numbers written to the metrics) let a run call this once per training stage.
+    ``initial_state``: the state to start from when there is no checkpoint (default: a fresh
+    :func:`init_state`), e.g. a later stage holding an earlier one's frozen parameters.
     ``stop_after_step`` ends the run early after checkpointing that step, as a pre-empted
     job would; rerunning resumes from there.
     """
@@ -151,7 +154,8 @@ def train(config, workdir: str, method, mesh, batches, data_layout, *,
     if per_call < 1 or int(t_cfg.log_every) % per_call:
         raise ValueError(f"steps_per_call={steps_per_call} must be >= 1 and divide "
                          f"train.log_every={t_cfg.log_every}")
-    state = init_state(method, config, mesh, data_layout)
+    state = (init_state(method, config, mesh, data_layout) if initial_state is None
+             else initial_state)
     if not method.trainable:  # controls fitted on the host at evaluation (PCA, ...)
         return state, int(t_cfg.steps)
     mngr = checkpointing.manager(workdir, t_cfg.keep_checkpoints, subdir=checkpoint_dir)

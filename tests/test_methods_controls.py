@@ -100,11 +100,11 @@ def test_oracle_map_is_strictly_monotone_per_dimension_and_stays_in_its_block():
         method.encode(params, None, None)
 
 
-def test_random_encoder_is_personax_at_init_and_not_trainable():
+def test_random_encoder_is_personax_vae_at_init_and_not_trainable():
     config = _smoke("random_encoder")
     layout = _layout()
     rand = methods.build_method("random_encoder", layout, config)
-    ours = methods.build_method("personax", layout, config)
+    ours = methods.build_method("personax_vae", layout, config)
     assert not rand.trainable and ours.trainable
     xs = tuple(jnp.asarray(np.random.default_rng(0).normal(size=(7, k) + s), jnp.float32)
                for k, s in zip(layout.n_measurements, layout.obs_shapes))

@@ -69,6 +69,7 @@ def test_deterministic_loss_same_update_as_one_pass(microbatches):
 
 def _personax(batch_size=48, num_seeds=2):
     config = synthetic_config.get_config("smoke")
+    config.model.name = "personax_vae"    # a one-stage method whose loss takes microbatches
     config.train.batch_size, config.train.num_seeds = batch_size, num_seeds
     process, method, mesh = experiment.setup(config, None,
                                              mesh=parallel.make_mesh(jax.devices()[:1]))

@@ -23,7 +23,7 @@ SWEEPS = ("methods", "measurements", "sparsity", "sample_size", "shared_latent",
           "calibration", "cases")
 # (field, full grid, smoke grid) of each shipped sweep.
 EXPECTED = {
-    "methods": [("model.name", ("personax", "mmcrl", "betavae", "mcl", "multiview", "oracle",
+    "methods": [("model.name", ("personax", "personax_vae", "mmcrl", "betavae", "mcl", "multiview", "oracle",
                                 "random_encoder", "pca", "fastica"),
                  ("personax", "mcl", "oracle", "pca"))],
     "measurements": [("data.n_measurements", (1, 2, 3, 5), (1, 2))],

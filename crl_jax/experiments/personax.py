@@ -128,6 +128,9 @@ def validate_config(config, n_devices: int) -> personax.PersonaXColumns:
     require(0.0 <= float(d.val_fraction) <= 0.5, "data.val_fraction",
             f"must be in [0, 0.5], got {d.val_fraction}")
     require(d.standardise in STANDARDISE, "data.standardise", f"{d.standardise!r} is not one of {STANDARDISE}")
+    require(m.name != "personax", "model.name",
+            "the two-stage 'personax' runs on synthetic data only so far; use 'personax_vae' "
+            "(the causal-prior VAE, configs/personax.py's default) or a baseline")
     require(m.name != "oracle", "model.name",
             "the 'oracle' control encodes the true latents, which real data does not have")
     require(m.encoder == "mlp", "model.encoder",

@@ -6,7 +6,8 @@
    ``config.data`` and saves it in ``workdir/generator``, so a run can be re-evaluated on
    fresh samples of exactly the same process;
 2. trains ``train.num_seeds`` replicas of ``config.model.name`` on batches drawn from the
-   process (:func:`crl_jax.train.train`: checkpointed, resumable, NaN-safe);
+   process (:func:`crl_jax.train.train`: checkpointed, resumable, NaN-safe; ``personax``
+   runs its stages through it, ``crl_jax.staged``);
 3. evaluates on fresh held-out samples (MCC, block R², graph; ``crl_jax.evaluation``), draws
    the figures and writes ``report.json`` / ``report.md`` (``crl_jax.reporting``).
 """
@@ -21,7 +22,7 @@ import jax
 
 import synthetic
 from crl_jax import (config_validation, evaluation, host, input_pipeline, methods, parallel,
-                     plotting, reporting, train)
+                     plotting, reporting, staged, train)
 from crl_jax.host import autotune
 from crl_jax.models import vae
 
@@ -146,12 +147,24 @@ def run(config, workdir: str, *, stop_after_step=None) -> dict | None:
     batches = input_pipeline.BatchSource.from_process(process, config.data, config.train,
                                                       parallel.batch_sharding(mesh))
     layout = model_layout(process.spec)
-    state, step = train.train(config, workdir, method, mesh, batches, layout,
-                              **autotune.loop_settings(config, method, mesh, batches, layout),
-                              stop_after_step=stop_after_step)
+    stages = None
+    if isinstance(method, methods.PersonaXMethod):   # stage A, then stage B's two phases
+        settings = autotune.loop_settings(config, method.block, mesh, batches, layout)
+        val_xs = evaluation.heldout_samples(process, config.data)["val"].x
+        params, stages = staged.train_personax(config, workdir, method, mesh, batches, layout,
+                                               val_xs, loop_settings=settings,
+                                               stop_after_step=stop_after_step)
+        if params is None:
+            return None
+        step = int(config.train.steps)
+    else:
+        state, step = train.train(config, workdir, method, mesh, batches, layout,
+                                  **autotune.loop_settings(config, method, mesh, batches, layout),
+                                  stop_after_step=stop_after_step)
+        if step < int(config.train.steps):
+            return None
+        params = state.params
     train_seconds = time.time() - t0
-    if step < int(config.train.steps):
-        return None
     t1 = time.time()
     settings = host.status()
     report = {"source": "synthetic", "model": config.model.name, "preset": process.spec.name,
@@ -160,7 +173,9 @@ def run(config, workdir: str, *, stop_after_step=None) -> dict | None:
               "malloc_tuning": settings["malloc_tuning"],
               "cpu_dispatch": settings["cpu_dispatch"],
               "cpu_dots": settings["cpu_dots"],
-              "evaluation": evaluation.evaluate_run(method, state.params, process, config)}
+              "evaluation": evaluation.evaluate_run(method, params, process, config)}
+    if stages is not None:
+        report["stages"] = stages
     report["eval_seconds"] = time.time() - t1
     if config.eval.plots and lead_process:
         report["figures"] = plotting.all_figures(

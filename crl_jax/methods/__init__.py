@@ -6,10 +6,12 @@ from crl_jax.methods.contrastive import ContrastiveMethod, build_contrastive_met
 from crl_jax.methods.controls import (LinearProjectionMethod, OracleMethod,
                                       build_linear_projection, build_oracle,
                                       build_random_encoder)
+from crl_jax.methods.personax import PersonaXMethod, build_personax
 from crl_jax.methods.vae_methods import VAEMethod, build_vae_method
 
 _BUILDERS = {
-    "personax": build_vae_method,
+    "personax": build_personax,
+    "personax_vae": build_vae_method,
     "mmcrl": build_vae_method,
     "betavae": build_vae_method,
     "mcl": build_contrastive_method,
@@ -40,4 +42,4 @@ def available() -> tuple[str, ...]:
 
 
 __all__ = ["METHODS", "ContrastiveMethod", "LinearProjectionMethod", "Method", "OracleMethod",
-           "VAEMethod", "available", "build_method", "register"]
+           "PersonaXMethod", "VAEMethod", "available", "build_method", "register"]

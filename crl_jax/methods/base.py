@@ -13,6 +13,13 @@ every method:
   that are not trained by gradient (PCA, FastICA); the identity for the others.
 - ``prepare(xs) -> xs``: what the method sees of a batch (e.g. ``mmcrl`` keeps only the
   first measurement of each modality).
+- ``select(params, xs) -> params``: choices made on the validation sample's observations
+  (never its latents) before evaluation, e.g. which trained replica to report, or the graph
+  read from the validation data; seed-stacked params in and out. The identity by default.
+- ``choices(selected_params) -> dict``: what :meth:`select` chose, per seed, for the report
+  (``{}`` by default).
+- ``optimizer(train_cfg) -> optax transform or None``: a method's own optimiser (``None``:
+  the config's, ``steps.make_optimizer``).
 """
 from __future__ import annotations
 
@@ -50,3 +57,12 @@ class Method:
 
     def fit(self, params, xs, true_z):
         return params
+
+    def select(self, params, xs):
+        return params
+
+    def choices(self, params) -> dict:
+        return {}
+
+    def optimizer(self, train_cfg):
+        return None

@@ -71,8 +71,8 @@ def build_oracle(name: str, data_layout: vae.ModelLayout, config) -> OracleMetho
 
 # ---------------------------------------------------------------------- random encoder
 def build_random_encoder(name: str, data_layout: vae.ModelLayout, config):
-    """The ``personax`` model at initialisation, never trained."""
-    method = build_vae_method("personax", data_layout, config)
+    """The ``personax_vae`` model at initialisation, never trained."""
+    method = build_vae_method("personax_vae", data_layout, config)
     return dataclasses.replace(method, name=name, trainable=False)
 
 

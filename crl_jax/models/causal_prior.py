@@ -145,7 +145,26 @@ class CausalPrior(nn.Module):
         eps, slope = per_batch(params, z, pre)
         return eps, jnp.log(jnp.abs(slope))
 
+    def dependence(self, z: jnp.ndarray) -> jnp.ndarray:
+        """Scale-free dependence of each noise on each latent over the rows of ``z``:
+        ``S[i, j] = mean |d eps_i / d z_j| * std(z_j)`` (D, D), see :func:`dependence`."""
+        return dependence(lambda rows: self.noise(rows)[0], z)
+
     def __call__(self, z: jnp.ndarray) -> jnp.ndarray:
         """log p(z) per sample, shape (B,)."""
         eps, log_det = self.noise(z)
         return jnp.sum(-0.5 * (eps**2 + _LOG_2PI) + log_det, axis=-1)
+
+
+def dependence(noise_fn, z: jnp.ndarray) -> jnp.ndarray:
+    """``S[i, j] = mean_n |d eps_i / d z_j|(z_n) * std(z_j)``, shape (D, D).
+
+    ``noise_fn``: (B, D) latents -> (B, D) noises of the causal prior. S measures how much
+    one standard deviation of latent ``j`` moves noise ``i`` (the noise has unit scale under
+    the prior), so it cannot be made small by rescaling: the adjacency ``W`` can (a small
+    ``W_ij`` times large weights after it is the same model), which is why the sparsity
+    penalty and the graph readout use S. The Jacobian is exact (``jax.jacfwd`` per row).
+    """
+    chex.assert_rank(z, 2)
+    jac = jax.vmap(jax.jacfwd(lambda row: noise_fn(row[None])[0]))(z)      # (n, D, D)
+    return jnp.mean(jnp.abs(jac), axis=0) * jnp.std(z, axis=0)[None, :]

@@ -147,6 +147,11 @@ class PersonaXVAE(nn.Module):
             return self.causal_prior(z)
         return jnp.sum(-0.5 * (z**2 + np.log(2 * np.pi)), axis=-1)
 
+    def dependence(self, z: jnp.ndarray) -> jnp.ndarray:
+        """Scale-free dependence ``S`` (D, D) of the causal prior's noises on the latents
+        over the rows of ``z`` (``causal_prior.dependence``); causal prior only."""
+        return self.causal_prior.dependence(z)
+
     def adjacency(self) -> jnp.ndarray:
         """Learned weighted adjacency over the model latent (zeros for an isotropic prior)."""
         if self.prior == "causal":

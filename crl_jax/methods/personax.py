@@ -1,0 +1,342 @@
+"""``personax`` (ours): a two-stage estimator of the latent blocks, their components and the
+causal graph.
+
+Stage A (blocks): the ``multiview`` objective over all K measurements (InfoNCE between the
+measurements of a modality on ``(s, z_m)``, between modalities on ``s``, and the ``mcl``
+term for a modality with one measurement). Each block of its representation ``r`` is an
+invertible function of the true block (block identifiability), but not yet its components.
+
+Stage B (components and graph), on the frozen stage-A block means, standardised per
+dimension: a per-block invertible map ``zhat_m = phi_m(r_m)`` (:class:`~crl_jax.models.flows.LatentFlow`,
+identity at the start, exact log-determinant) trained by maximum likelihood under the causal
+prior of the VAE (:class:`~crl_jax.models.causal_prior.CausalPrior`):
+
+    -log p(r) = -log p_causal(zhat) - sum_m log|det d phi_m / d r_m|,
+
+plus ``lambda * sum_{cross-modal i, j} S_ij``, where ``S_ij = E|d eps_i / d zhat_j| * std(zhat_j)``
+is the scale-free dependence of noise ``i`` on latent ``j`` (``causal_prior.dependence``). The
+sparsity of the cross-modal graph is what the theory needs for component-wise
+identifiability; penalising ``S`` rather than the adjacency weights ``W`` means a small
+``W`` cannot be undone by large weights after it. The graph is read from ``S`` on the
+validation sample (``S_ij > eval.graph_threshold`` is the edge ``j -> i``).
+
+The prior's latent order is fixed (edges only from earlier to later latents), so the order
+of the latents *inside* each block is a choice: it decides which way a within-block edge
+may point. Stage B therefore runs in two phases, both on one jitted, seed-vmapped step with
+several replicas of the stage-B parameters per seed:
+
+1. ``orders``: one replica per candidate within-block order (replica k uses the k-th
+   permutation of every block, all replicas at ``stage_b.order_lambda``); each block takes
+   the order whose replica gives that block the lowest validation loss (its share of the
+   negative log-likelihood plus its share of the penalty).
+2. ``sparsity``: one replica per ``lambda`` of ``stage_b.lambdas``, all with the chosen
+   orders. The reported replica is the one of the largest ``lambda`` whose validation
+   negative log-likelihood stays within ``stage_b.nll_margin`` nats per latent dimension of
+   the smallest ``lambda``'s (:func:`choose_lambda`).
+
+Every choice uses only the validation sample's observations (never its latents, never the
+test sample).
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from crl_jax.methods.base import Method
+from crl_jax.methods.contrastive import ContrastiveMethod, build_contrastive_method
+from crl_jax.models import causal_prior as cp
+from crl_jax.models import flows
+
+_LOG_2PI = float(np.log(2.0 * np.pi))
+FROZEN = ("block", "standardise", "orders", "lambdas")
+
+
+# ---------------------------------------------------------------------- orders
+def block_permutations(size: int, cap: int, seed: int = 0) -> list[tuple[int, ...]]:
+    """Candidate orders of one block: all ``size!`` permutations (identity first), or, when
+    there are more than ``cap``, the identity plus ``cap - 1`` distinct random ones."""
+    if math.factorial(size) <= cap:
+        return list(itertools.permutations(range(size)))
+    rng = np.random.default_rng(seed + size)
+    perms = [tuple(range(size))]
+    while len(perms) < cap:
+        p = tuple(int(v) for v in rng.permutation(size))
+        if p not in perms:
+            perms.append(p)
+    return perms
+
+
+def order_candidates(block_sizes: Sequence[int], cap: int) -> np.ndarray:
+    """Permutation matrices of the order-search replicas, (P, D, D) float32.
+
+    Replica ``k`` orders block ``m`` by its ``k mod n_m``-th candidate (``n_m`` candidates of
+    that block): P = the largest ``n_m``, and every candidate of every block is tried once
+    (blocks are scored separately, so they need not be tried in every combination).
+    ``r @ matrix`` reorders the coordinates: column ``i`` of the result is ``r[:, perm[i]]``.
+    """
+    per_block = [block_permutations(int(d), cap) for d in block_sizes]
+    n = max(len(p) for p in per_block)
+    dim = int(sum(block_sizes))
+    mats = np.zeros((n, dim, dim), np.float32)
+    for k in range(n):
+        start = 0
+        for perms, d in zip(per_block, block_sizes):
+            perm = perms[k % len(perms)]
+            for i, src in enumerate(perm):
+                mats[k, start + src, start + i] = 1.0
+            start += d
+    return mats
+
+
+def block_masks(block_sizes: Sequence[int]) -> np.ndarray:
+    """(n_blocks, D) 0/1: the latent dimensions of each block."""
+    dim, start = int(sum(block_sizes)), 0
+    out = np.zeros((len(block_sizes), dim), np.float32)
+    for b, d in enumerate(block_sizes):
+        out[b, start:start + d] = 1.0
+        start += d
+    return out
+
+
+# ---------------------------------------------------------------------- selection rules
+def choose_lambda(nll_path: jnp.ndarray, margin: float) -> jnp.ndarray:
+    """Index of the largest lambda (the path is in increasing lambda) whose validation NLL is
+    within ``margin`` of the first's. jit/vmap-able."""
+    ok = nll_path - nll_path[0] <= margin
+    idx = jnp.arange(nll_path.shape[0])
+    return jnp.max(jnp.where(ok, idx, 0))
+
+
+def per_replica_clip(max_norm: float) -> optax.GradientTransformation:
+    """Clip each replica's gradient (leading axis of every leaf) to ``max_norm`` separately:
+    the replicas are independent models, and one global norm would couple their steps."""
+    def update(updates, state, params=None):
+        del params
+        leaves = jax.tree.leaves(updates)
+        sq = sum(jnp.sum(jnp.reshape(g, (g.shape[0], -1)) ** 2, axis=1) for g in leaves)
+        scale = jnp.minimum(1.0, max_norm / (jnp.sqrt(sq) + 1e-12))
+        return jax.tree.map(lambda g: g * scale.reshape((-1,) + (1,) * (g.ndim - 1)),
+                            updates), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+# ---------------------------------------------------------------------- stage B
+@dataclasses.dataclass(frozen=True)
+class ComponentStage(Method):
+    """Stage B of ``personax`` with R replicas per seed (one jitted step trains them all).
+
+    Parameters: ``block`` (the frozen stage-A encoders), ``standardise`` (per-dimension mean
+    and std of the stage-A representation), ``orders`` (R, D, D) permutation matrices,
+    ``lambdas`` (R,) penalty weights and ``replicas`` (the R flows and priors). Only
+    ``replicas`` is trained (:meth:`optimizer` leaves the rest unchanged).
+    """
+
+    block: Any = None
+    flow: Any = None
+    prior: Any = None
+    n_replicas: int = 1
+    penalty_rows: int = 128
+    learning_rate: float = 1e-3
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+
+    @property
+    def cross_mask(self) -> np.ndarray:
+        return self.layout.cross_mask().astype(np.float32)
+
+    @property
+    def allowed_mask(self) -> np.ndarray:
+        return self.layout.allowed_mask().astype(np.float32)
+
+    @property
+    def block_sizes(self) -> tuple[int, ...]:
+        return tuple(sl.stop - sl.start for sl in self.layout.block_slices.values())
+
+    # --- parameters
+    def init_replica(self, key):
+        d = self.layout.latent_dim
+        k_flow, k_prior = jax.random.split(key)
+        z = jnp.zeros((2, d), jnp.float32)
+        return {"flow": self.flow.init(k_flow, z)["params"],
+                "prior": self.prior.init(k_prior, z)["params"]}
+
+    def init(self, key, xs):
+        d = self.layout.latent_dim
+        k_block, k_rep = jax.random.split(key)
+        return {"block": self.block.init(k_block, xs),
+                "standardise": {"mean": jnp.zeros(d), "std": jnp.ones(d)},
+                "orders": jnp.broadcast_to(jnp.eye(d), (self.n_replicas, d, d)),
+                "lambdas": jnp.zeros(self.n_replicas),
+                "replicas": jax.vmap(self.init_replica)(
+                    jax.random.split(k_rep, self.n_replicas))}
+
+    def optimizer(self, train_cfg) -> optax.GradientTransformation:
+        """Adam on the replicas only (warm-up + cosine over ``train_cfg.steps``)."""
+        steps = max(int(train_cfg.steps), 2)
+        lr = float(self.learning_rate)
+        schedule = optax.warmup_cosine_decay_schedule(
+            0.0, lr, max(min(int(self.warmup_steps), steps - 1), 1), steps, 0.05 * lr)
+        train = optax.chain(per_replica_clip(float(self.grad_clip)), optax.adam(schedule))
+        labels = lambda params: {k: jax.tree.map(
+            lambda _: "frozen" if k in FROZEN else "train", v) for k, v in params.items()}
+        return optax.multi_transform({"train": train, "frozen": optax.set_to_zero()}, labels)
+
+    # --- the model
+    def representation(self, params, xs) -> jnp.ndarray:
+        """Standardised stage-A block means (n, D); no gradient reaches stage A."""
+        r = self.block.encode(params["block"], xs)
+        std = params["standardise"]
+        return jax.lax.stop_gradient((r - std["mean"]) / std["std"])
+
+    def replica_terms(self, replica, order, r):
+        """Per-row, per-dimension NLL (n, D) and per-block flow log-det (n, n_blocks)."""
+        zhat, log_det = self.flow.apply({"params": replica["flow"]},
+                                        r @ jax.lax.stop_gradient(order))
+        eps, log_slope = self.prior.apply({"params": replica["prior"]}, zhat,
+                                          method=self.prior.noise)
+        return zhat, 0.5 * (eps**2 + _LOG_2PI) - log_slope, log_det
+
+    def dependence(self, replica, zhat) -> jnp.ndarray:
+        """S (D, D) of one replica on the rows of ``zhat``, on the allowed edges only."""
+        s = self.prior.apply({"params": replica["prior"]}, zhat, method=self.prior.dependence)
+        return s * self.allowed_mask
+
+    def replica_loss(self, replica, order, lam, r):
+        zhat, nll_dims, log_det = self.replica_terms(replica, order, r)
+        nll = jnp.mean(jnp.sum(nll_dims, -1) - jnp.sum(log_det, -1))
+        penalty = jnp.sum(self.dependence(replica, zhat[:self.penalty_rows]) * self.cross_mask)
+        return nll + jax.lax.stop_gradient(lam) * penalty, (nll, penalty)
+
+    def loss(self, params, xs, key):
+        del key
+        r = self.representation(params, xs)
+        losses, (nll, penalty) = jax.vmap(self.replica_loss, in_axes=(0, 0, 0, None))(
+            params["replicas"], params["orders"], params["lambdas"], r)
+        total = jnp.sum(losses)   # replicas are independent: each gets its own gradient
+        return total, {"loss": jnp.mean(losses), "nll": jnp.mean(nll),
+                       "cross_dependence": jnp.mean(penalty)}
+
+    # --- validation scores (one seed)
+    def scores(self, params, xs) -> dict:
+        """Validation scores of every replica: ``nll`` (R,), ``penalty`` (R,),
+        ``block_loss`` (R, n_blocks) (each block's NLL share plus its share of the penalty
+        at the replica's lambda) and ``dependence`` (R, D, D), all on the rows of ``xs``."""
+        r = self.representation(params, xs)
+        masks = jnp.asarray(block_masks(self.block_sizes))
+
+        def one(replica, order, lam):
+            zhat, nll_dims, log_det = self.replica_terms(replica, order, r)
+            dep = self.dependence(replica, zhat[:2000])
+            cross_in = jnp.sum(dep * self.cross_mask, axis=1)          # per child dim
+            block_nll = jnp.mean(nll_dims, 0) @ masks.T - jnp.mean(log_det, 0)
+            return {"nll": jnp.mean(jnp.sum(nll_dims, -1) - jnp.sum(log_det, -1)),
+                    "penalty": jnp.sum(cross_in),
+                    "block_loss": block_nll + lam * (cross_in @ masks.T),
+                    "dependence": dep}
+
+        return jax.vmap(one)(params["replicas"], params["orders"], params["lambdas"])
+
+
+def combine_orders(orders: jnp.ndarray, block_loss: jnp.ndarray,
+                   block_sizes: Sequence[int]) -> jnp.ndarray:
+    """One seed: for every block the order of the replica with the lowest ``block_loss``,
+    assembled into one (D, D) permutation matrix."""
+    masks = jnp.asarray(block_masks(block_sizes))           # (n_blocks, D)
+    best = jnp.argmin(block_loss, axis=0)                    # (n_blocks,)
+    chosen = orders[best]                                    # (n_blocks, D, D)
+    # rows and columns of a block's permutation both lie in the block
+    return jnp.sum(chosen * masks[:, :, None] * masks[:, None, :], axis=0)
+
+
+# ---------------------------------------------------------------------- the method
+@dataclasses.dataclass(frozen=True)
+class PersonaXMethod(Method):
+    """The evaluation-facing ``personax`` method; training runs its stages
+    (``crl_jax.staged``): :attr:`block` (stage A), then :meth:`component_stage` twice."""
+
+    block: ContrastiveMethod = None
+    flow: Any = None
+    prior: Any = None
+    stage_cfg: Any = None
+    per_sample_loss: bool = False
+
+    def component_stage(self, n_replicas: int) -> ComponentStage:
+        c = self.stage_cfg
+        return ComponentStage(
+            name=f"{self.name}_stage_b", layout=self.layout, block=self.block, flow=self.flow,
+            prior=self.prior, n_replicas=int(n_replicas), penalty_rows=int(c.penalty_rows),
+            learning_rate=float(c.learning_rate), warmup_steps=int(c.warmup_steps),
+            grad_clip=float(c.grad_clip))
+
+    @property
+    def block_sizes(self) -> tuple[int, ...]:
+        return tuple(sl.stop - sl.start for sl in self.layout.block_slices.values())
+
+    def order_candidates(self) -> np.ndarray:
+        return order_candidates(self.block_sizes, int(self.stage_cfg.max_orders))
+
+    @property
+    def lambdas(self) -> np.ndarray:
+        return np.asarray(sorted(float(v) for v in self.stage_cfg.lambdas), np.float32)
+
+    # Trained by its stages; as a Method it is only evaluated.
+    def init(self, key, xs):
+        return self.component_stage(len(self.lambdas)).init(key, xs)
+
+    def loss(self, params, xs, key):
+        return self.component_stage(len(self.lambdas)).loss(params, xs, key)
+
+    def select(self, params, xs):
+        """Seed-stacked stage-B parameters -> the chosen replica of every seed (the rule of
+        the module docstring), with its validation dependence ``S`` as the graph."""
+        stage = self.component_stage(len(self.lambdas))
+        margin = float(self.stage_cfg.nll_margin) * self.layout.latent_dim
+
+        def one(p):
+            s = stage.scores(p, xs)
+            idx = choose_lambda(s["nll"], margin)
+            pick = lambda tree: jax.tree.map(lambda a: a[idx], tree)
+            return {"block": p["block"], "standardise": p["standardise"],
+                    "order": p["orders"][idx], "lambda": p["lambdas"][idx],
+                    "replica": pick(p["replicas"]), "dependence": s["dependence"][idx],
+                    "val_nll_path": s["nll"]}
+
+        return jax.jit(jax.vmap(one))(params)
+
+    def choices(self, params) -> dict:
+        """Per seed: the chosen lambda, the validation NLL path over ``stage_b.lambdas``
+        and each block's chosen within-block order (latent indices of the stage-A block)."""
+        orders = np.asarray(params["order"])
+        return {"lambdas": self.lambdas.tolist(),
+                "lambda": np.asarray(params["lambda"]).tolist(),
+                "val_nll_path": np.asarray(params["val_nll_path"]).tolist(),
+                "order": [np.argmax(o, axis=0).tolist() for o in orders]}
+
+    def encode(self, params, xs, true_z=None):
+        stage = self.component_stage(1)
+        r = stage.representation(params, xs)
+        zhat, _ = self.flow.apply({"params": params["replica"]["flow"]}, r @ params["order"])
+        return zhat
+
+    def adjacency(self, params):
+        return params["dependence"]
+
+
+def build_personax(name: str, data_layout, config) -> PersonaXMethod:
+    block = build_contrastive_method("multiview", data_layout, config)
+    layout = block.layout
+    c = config.stage_b
+    mask = tuple(tuple(bool(v) for v in row) for row in layout.allowed_mask())
+    sizes = tuple(sl.stop - sl.start for sl in layout.block_slices.values())
+    flow = flows.LatentFlow(sizes, n_layers=int(c.flow_layers), hidden=int(c.flow_hidden))
+    prior = cp.CausalPrior(mask, hidden=int(c.prior_hidden), flow_units=int(c.flow_units))
+    return PersonaXMethod(name=name, layout=layout, block=block, flow=flow, prior=prior,
+                          stage_cfg=c)

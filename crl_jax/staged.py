@@ -1,0 +1,110 @@
+"""Training of ``personax``: stage A, then the two phases of stage B (see
+``crl_jax/methods/personax.py`` for the method).
+
+Each stage is an ordinary run of :func:`crl_jax.train.train` (jitted, seed-vmapped,
+checkpointed, resumable) with its own checkpoint folder, its steps appended to
+``metrics.jsonl`` after the previous stage's (``stage`` field). Rerunning the command resumes
+the stage it stopped in; finished stages are restored from their last checkpoint.
+
+| stage | what trains | steps | checkpoints |
+| --- | --- | --- | --- |
+| ``blocks`` | the multiview encoders | ``train.steps`` | ``checkpoints/`` |
+| ``orders`` | one replica per within-block order | ``stage_b.steps`` | ``checkpoints_orders/`` |
+| ``sparsity`` | one replica per lambda | ``stage_b.steps`` | ``checkpoints_sparsity/`` |
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from crl_jax import parallel, steps, train
+from crl_jax.methods import personax
+
+STAGES = ("blocks", "orders", "sparsity")
+
+
+def stage_config(config):
+    """``config`` with ``train`` set up for a stage-B phase (steps, warm-up)."""
+    cfg = config.copy_and_resolve_references()
+    cfg.train.steps = int(config.stage_b.steps)
+    cfg.train.warmup_steps = int(config.stage_b.warmup_steps)
+    return cfg
+
+
+def standardisation(block, params_a, batches, n_batches: int = 8) -> dict:
+    """Per-seed mean and std of the stage-A representation over ``n_batches`` training
+    batches (those of steps 0.., the same on every rerun)."""
+    encode = jax.jit(jax.vmap(block.encode))
+    reps = [encode(params_a, tuple(batches(i))) for i in range(n_batches)]
+    r = jnp.concatenate(reps, axis=1)                          # (S, n, D)
+    return {"mean": jnp.mean(r, axis=1), "std": jnp.std(r, axis=1) + 1e-6}
+
+
+def _initial_state(stage, config, mesh, data_layout, params_a, stats, orders, lambdas):
+    """Fresh stage-B train state whose frozen parameters are the given ones (per seed)."""
+    t_cfg = config.train
+    state = steps.create_train_states(stage, train.example_input(data_layout),
+                                      stage.optimizer(t_cfg), int(t_cfg.seed),
+                                      int(t_cfg.num_seeds))
+    # copies: the train step donates its state, and the next phase needs these again
+    params_a, stats = jax.tree.map(jnp.copy, (params_a, stats))
+    params = dict(state.params, block=params_a, standardise=stats,
+                  orders=jnp.asarray(orders, jnp.float32),
+                  lambdas=jnp.asarray(lambdas, jnp.float32))
+    return jax.device_put(state.replace(params=params), parallel.replicated(mesh))
+
+
+def train_personax(config, workdir, method: personax.PersonaXMethod, mesh, batches,
+                   data_layout, val_xs, *, loop_settings=None, stop_after_step=None):
+    """Train both stages; returns ``(stage-B params of the sparsity phase, info)`` or
+    ``(None, info)`` when stopped early. ``val_xs``: the validation sample's observations
+    (the order choice between the phases reads them)."""
+    loop_settings = dict(loop_settings or {})
+    loop_settings.pop("microbatches", None)    # InfoNCE and the replicas' penalty compare rows
+    n_seeds = int(config.train.num_seeds)
+    total_a, total_b = int(config.train.steps), int(config.stage_b.steps)
+    info = {"stage_steps": {"blocks": total_a, "orders": total_b, "sparsity": total_b}}
+
+    state_a, step = train.train(config, workdir, method.block, mesh, batches, data_layout,
+                                stop_after_step=stop_after_step, **loop_settings)
+    if step < total_a:
+        return None, info
+    params_a = state_a.params
+    stats = standardisation(method.block, params_a, batches)
+    cfg_b = stage_config(config)
+    stop = None if stop_after_step is None else int(stop_after_step) - total_a
+
+    # phase 1: within-block orders
+    candidates = method.order_candidates()
+    stage1 = method.component_stage(len(candidates))
+    lam_order = float(config.stage_b.order_lambda)
+    init1 = _initial_state(stage1, cfg_b, mesh, data_layout, params_a, stats,
+                           np.broadcast_to(candidates, (n_seeds,) + candidates.shape),
+                           np.full((n_seeds, len(candidates)), lam_order))
+    state1, step = train.train(cfg_b, workdir, stage1, mesh, batches, data_layout,
+                               checkpoint_dir="checkpoints_orders", step_offset=total_a,
+                               initial_state=init1, stop_after_step=stop, **loop_settings)
+    if step < total_b:
+        return None, info
+    scores = jax.jit(jax.vmap(stage1.scores, in_axes=(0, None)))(state1.params, tuple(val_xs))
+    chosen = jax.vmap(lambda o, b: personax.combine_orders(o, b, method.block_sizes))(
+        state1.params["orders"], scores["block_loss"])
+    info["orders"] = np.asarray(chosen)
+    info["order_block_loss"] = np.asarray(scores["block_loss"])
+
+    # phase 2: sparsity path with the chosen orders
+    lambdas = method.lambdas
+    stage2 = method.component_stage(len(lambdas))
+    init2 = _initial_state(stage2, cfg_b, mesh, data_layout, params_a, stats,
+                           jnp.broadcast_to(chosen[:, None], (n_seeds, len(lambdas)) +
+                                            chosen.shape[1:]),
+                           np.broadcast_to(lambdas, (n_seeds, len(lambdas))))
+    stop = None if stop is None else stop - total_b
+    state2, step = train.train(cfg_b, workdir, stage2, mesh, batches, data_layout,
+                               checkpoint_dir="checkpoints_sparsity",
+                               step_offset=total_a + total_b, initial_state=init2,
+                               stop_after_step=stop, **loop_settings)
+    if step < total_b:
+        return None, info
+    return state2.params, info

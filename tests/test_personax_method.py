@@ -1,0 +1,170 @@
+"""The pieces of the two-stage ``personax`` estimator: flows, the dependence S, the order
+search, the lambda rule, per-replica clipping and the stage-B step's frozen parameters."""
+from __future__ import annotations
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from configs import synthetic as synthetic_config
+from crl_jax import methods, steps
+from crl_jax.methods import personax
+from crl_jax.models import causal_prior as cp
+from crl_jax.models import flows, vae
+
+
+# ---------------------------------------------------------------------- flows
+def test_block_flow_starts_at_identity():
+    x = jax.random.normal(jax.random.PRNGKey(0), (16, 3))
+    flow = flows.BlockFlow(n_layers=2)
+    params = flow.init(jax.random.PRNGKey(1), x)
+    y, log_det = flow.apply(params, x)
+    np.testing.assert_allclose(y, x, atol=1e-6)
+    np.testing.assert_allclose(log_det, 0.0, atol=1e-6)
+
+
+@pytest.mark.parametrize("d,layers", [(1, 1), (2, 1), (3, 2)])
+def test_latent_flow_log_det_is_exact(d, layers):
+    """The per-block log|det| equals the log|det| of the Jacobian computed by autodiff, for
+    random (non-identity) parameters."""
+    sizes = (d, 2)
+    x = jax.random.normal(jax.random.PRNGKey(0), (5, d + 2))
+    flow = flows.LatentFlow(sizes, n_layers=layers)
+    params = flow.init(jax.random.PRNGKey(1), x)
+    params = jax.tree.map(lambda p: p + 0.3 * jax.random.normal(
+        jax.random.PRNGKey(p.size), p.shape), params)
+    _, log_det = flow.apply(params, x)
+    assert log_det.shape == (5, 2)
+    jac = jax.vmap(jax.jacfwd(lambda row: flow.apply(params, row[None])[0][0]))(x)
+    np.testing.assert_allclose(log_det[:, 0], np.linalg.slogdet(np.asarray(jac[:, :d, :d]))[1],
+                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(log_det[:, 1], np.linalg.slogdet(np.asarray(jac[:, d:, d:]))[1],
+                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(jac[:, :d, d:], 0.0, atol=1e-6)    # block-diagonal map
+
+
+# ---------------------------------------------------------------------- dependence
+def test_dependence_of_a_linear_noise_model():
+    """eps = z A^T: S_ij = |A_ij| std(z_j), whatever the scale of z_j."""
+    a = jnp.asarray([[1.0, 0.0, 0.0], [0.5, 1.0, 0.0], [0.0, -2.0, 1.0]])
+    z = jax.random.normal(jax.random.PRNGKey(0), (2000, 3)) * jnp.asarray([1.0, 3.0, 0.1])
+    s = cp.dependence(lambda rows: rows @ a.T, z)
+    expected = np.abs(np.asarray(a)) * np.std(np.asarray(z), axis=0)[None, :]
+    np.testing.assert_allclose(s, expected, rtol=1e-5)
+
+
+def test_dependence_is_scale_free_for_the_causal_prior():
+    """Rescaling a parent and the weight that reads it by inverse factors leaves S as it is
+    (|W| would shrink: the escape the dependence penalty closes)."""
+    mask = ((False, False), (True, False))
+    prior = cp.CausalPrior(mask, hidden=8)
+    z = jax.random.normal(jax.random.PRNGKey(0), (500, 2))
+    params = prior.init(jax.random.PRNGKey(1), z)["params"]
+    s1 = prior.apply({"params": params}, z, method=prior.dependence)
+    scaled = dict(params, adjacency=params["adjacency"] / 10.0)
+    z2 = z.at[:, 0].multiply(10.0)
+    s2 = prior.apply({"params": scaled}, z2, method=prior.dependence)
+    assert s1[1, 0] > 0.01
+    np.testing.assert_allclose(s2[1, 0], s1[1, 0], rtol=1e-4)
+
+
+# ---------------------------------------------------------------------- orders and rules
+@pytest.mark.parametrize("sizes", [(2, 2), (3, 2), (1, 3, 2)])
+def test_order_candidates_try_every_permutation_of_every_block(sizes):
+    mats = personax.order_candidates(sizes, cap=24)
+    dim = sum(sizes)
+    assert mats.shape == (max(len(list(itertools.permutations(range(d)))) for d in sizes),
+                          dim, dim)
+    for m in mats:       # permutation matrices that keep every block in place
+        np.testing.assert_array_equal(m.sum(0), 1)
+        np.testing.assert_array_equal(m.sum(1), 1)
+        np.testing.assert_array_equal(m * (1 - personax.block_masks(sizes).T
+                                           @ personax.block_masks(sizes)), 0)
+    start = 0
+    for d in sizes:
+        seen = {tuple(np.argmax(m[start:start + d, start:start + d], axis=0)) for m in mats}
+        assert seen == set(itertools.permutations(range(d)))
+        start += d
+
+
+def test_order_candidates_cap_large_blocks():
+    mats = personax.order_candidates((5,), cap=10)
+    assert mats.shape == (10, 5, 5)
+    assert len({m.tobytes() for m in mats}) == 10
+    np.testing.assert_array_equal(mats[0], np.eye(5))
+
+
+def test_combine_orders_takes_each_blocks_best_replica():
+    sizes = (2, 2)
+    mats = personax.order_candidates(sizes, cap=24)           # replica 1 swaps both blocks
+    block_loss = jnp.asarray([[1.0, 5.0], [2.0, 3.0]])        # block 0 -> 0, block 1 -> 1
+    chosen = personax.combine_orders(jnp.asarray(mats), block_loss, sizes)
+    expected = np.zeros((4, 4))
+    expected[:2, :2] = mats[0][:2, :2]
+    expected[2:, 2:] = mats[1][2:, 2:]
+    np.testing.assert_array_equal(chosen, expected)
+
+
+def test_choose_lambda_takes_the_largest_within_the_margin():
+    path = jnp.asarray([3.0, 3.02, 3.05, 3.2, 3.9])
+    assert int(personax.choose_lambda(path, 0.1)) == 2
+    assert int(personax.choose_lambda(path, 0.01)) == 0
+    assert int(personax.choose_lambda(path, 1.0)) == 4
+    # not monotone: a later lambda back within the margin still counts
+    assert int(personax.choose_lambda(jnp.asarray([1.0, 1.5, 1.05]), 0.1)) == 2
+
+
+def test_per_replica_clip_clips_each_replica_alone():
+    grads = {"w": jnp.asarray([[3.0, 4.0], [0.3, 0.4]]), "b": jnp.zeros((2, 1))}
+    out, _ = personax.per_replica_clip(1.0).update(grads, optax.EmptyState())
+    np.testing.assert_allclose(out["w"][0], [0.6, 0.8], rtol=1e-6)
+    np.testing.assert_allclose(out["w"][1], [0.3, 0.4], rtol=1e-6)   # below the norm: kept
+
+
+# ---------------------------------------------------------------------- the stage-B step
+def _case1_method():
+    config = synthetic_config.get_config("smoke")
+    layout = vae.ModelLayout(names=("m1", "m2"), obs_shapes=((7,), (8,)),
+                             n_measurements=(3, 3), latent_dims=(2, 2), eta_dims=(1, 1))
+    return methods.build_method("personax", layout, config), config, layout
+
+
+def test_component_step_trains_only_the_replicas():
+    method, config, layout = _case1_method()
+    stage = method.component_stage(3)
+    xs = tuple(jax.random.normal(jax.random.PRNGKey(i), (2, 32, 3) + s)
+               for i, s in enumerate(layout.obs_shapes))
+    tx = stage.optimizer(config.train)
+    state = steps.create_train_states(stage, tuple(x[0] for x in xs), tx, 0, 2)
+    params = dict(state.params, lambdas=jnp.asarray([[0.0, 0.3, 1.0]] * 2))
+    state = state.replace(params=params)
+    step = jax.jit(steps.make_train_step(stage))
+    new, _ = step(state, xs)            # the warm-up's first learning rate is 0
+    new, terms = step(new, xs)
+    for key in personax.FROZEN:
+        for a, b in zip(jax.tree.leaves(state.params[key]), jax.tree.leaves(new.params[key])):
+            np.testing.assert_array_equal(a, b)
+    moved = [float(jnp.max(jnp.abs(a - b))) for a, b in
+             zip(jax.tree.leaves(state.params["replicas"]), jax.tree.leaves(new.params["replicas"]))]
+    assert max(moved) > 0
+    assert np.all(np.isfinite(np.asarray(terms["loss"])))
+
+
+def test_component_replicas_do_not_interact():
+    """The gradient of replica 0 does not depend on replica 1's parameters."""
+    method, config, layout = _case1_method()
+    stage = method.component_stage(2)
+    xs = tuple(jax.random.normal(jax.random.PRNGKey(i), (32, 3) + s)
+               for i, s in enumerate(layout.obs_shapes))
+    params = stage.init(jax.random.PRNGKey(0), xs)
+    params = dict(params, lambdas=jnp.asarray([0.3, 0.3]))
+    grad = jax.grad(lambda p: stage.loss(p, xs, None)[0])
+    g1 = grad(params)["replicas"]
+    other = jax.tree.map(lambda a: a.at[1].add(0.5), params["replicas"])
+    g2 = grad(dict(params, replicas=other))["replicas"]
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+        np.testing.assert_allclose(a[0], b[0], rtol=1e-5, atol=1e-6)
