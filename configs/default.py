@@ -88,6 +88,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.train.checkpoint_every = 1000
     config.train.keep_checkpoints = 2
     config.train.progress = True               # tqdm progress bar
+    config.train.divergence_factor = 100.0     # stop when the loss exceeds this times
+    #                                            max(|first-step loss|, 1); 0: no such check
 
     config.eval = ml_collections.ConfigDict()
     config.eval.graph_threshold = 0.1          # |W| > threshold is an edge

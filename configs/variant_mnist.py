@@ -1,10 +1,8 @@
-"""PersonaX on variant MNIST with 3 colour measurements (PersonaX's synthetic experiment).
+"""PersonaX on variant MNIST with 3 colour measurements (PersonaX's synthetic experiment); ``--config.data.identity=fixed|per_measurement|per_sample`` chooses which images are drawn (default fixed; synthetic/README.md).
 
     python -m crl_jax.main --config=configs/variant_mnist.py:small --config.data.data_dir=../shared/data --config.train.num_seeds=5 --workdir=/tmp/vmnist
 
 Expected (measured with the same config through configs/sweeps/methods.py): MCC 0.553 ± 0.061, R² 0.782 / 0.730; the full 28x28 config (no `:small`) is not measured yet.
-
-``--config.data.identity=fixed|per_measurement|per_sample`` chooses which images are drawn (default fixed; synthetic/README.md).
 """
 from __future__ import annotations
 

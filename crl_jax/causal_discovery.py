@@ -57,6 +57,18 @@ def check_pc_args(indep_test: str, alpha: float, max_n: int) -> None:
         raise ValueError(f"config.causal_discovery.max_n={max_n} must be >= 0 (0 = use every row).")
 
 
+def check_pc_rows(n_rows: int, n_latents: int, where: str) -> None:
+    """Raises ValueError when PC cannot run on ``n_rows`` rows of ``n_latents`` variables: its
+    partial-correlation tests condition on up to n_latents - 2 variables and need
+    n - |S| - 3 > 0 degrees of freedom, hence n_rows >= n_latents + 2."""
+    need = n_latents + 2
+    if n_rows < need:
+        raise ValueError(f"{where}: PC on the learned latents needs at least {need} rows "
+                         f"({n_latents} latents), but {n_rows} are used (after the NaN policy "
+                         f"and config.causal_discovery.max_n); use a larger table or raise "
+                         f"max_n (0 = every row)")
+
+
 def background_knowledge(names: Sequence[str], no_parents: Sequence[str]):
     """causal-learn BackgroundKnowledge forbidding every edge ``v -> s`` for s in no_parents."""
     from causallearn.graph.GraphNode import GraphNode

@@ -1,13 +1,25 @@
-"""Config checks that run before any long work; each failure names the field and the fix."""
+"""Config checks that run before any long work; each failure names the field and the fix.
+
+Every field of the configs with a range is checked here (the PersonaX-only fields in
+``crl_jax.experiments.personax.validate_config``); tests/test_faults.py lists every field and
+fails when one is added without a check or an explicit reason to have none.
+"""
 from __future__ import annotations
 
+import math
+
 import synthetic
+from synthetic.spec import NOISES
 from crl_jax import methods
+from crl_jax.errors import UserError
 from crl_jax.host import autotune
 from crl_jax.models import networks, vae
 
+SOURCES = ("synthetic", "personax")
+SEED_LIMIT = 2 ** 32
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A config field has a value the run cannot use."""
 
 
@@ -16,8 +28,47 @@ def _require(ok: bool, field: str, message: str) -> None:
         raise ConfigError(f"config.{field}: {message}")
 
 
+def _number(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _value(config, field: str):
+    section, name = field.split(".")
+    return config[section][name]
+
+
+def _positive(config, field: str, *, allow_inf: bool = False, also: str = "") -> None:
+    raw = _value(config, field)
+    v = _number(raw)
+    _require(v > 0 and (allow_inf or math.isfinite(v)), field,
+             f"must be a {'number' if allow_inf else 'finite number'} > 0{also}, got {raw!r}")
+
+
+def _non_negative(config, field: str) -> None:
+    raw = _value(config, field)
+    v = _number(raw)
+    _require(v >= 0 and math.isfinite(v), field, f"must be a finite number >= 0, got {raw!r}")
+
+
+def _at_least(config, field: str, low: int, what: str = "") -> None:
+    v = _value(config, field)
+    _require(isinstance(v, int) and not isinstance(v, bool) and v >= low, field,
+             f"must be an integer >= {low}{what}, got {v!r}")
+
+
+def _seed(config, field: str) -> None:
+    v = _value(config, field)
+    _require(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < SEED_LIMIT, field,
+             f"must be an integer in [0, 2**32), got {v!r}")
+
+
 def validate(config, n_devices: int) -> None:
     d, m, lo, t, e = config.data, config.model, config.loss, config.train, config.eval
+    source = config.data.get("source", "synthetic")
+    _require(source in SOURCES, "data.source", f"{source!r} is not one of {list(SOURCES)}")
     _require(d.preset in synthetic.PRESETS, "data.preset",
              f"unknown preset {d.preset!r}; choose one of {list(synthetic.PRESETS)}")
     _require(m.name in methods.available(), "model.name",
@@ -45,12 +96,35 @@ def validate(config, n_devices: int) -> None:
     for field in ("eval_fit_size", "val_size", "test_size"):
         _require(int(d[field]) >= 50, f"data.{field}",
                  f"held-out sets need at least 50 samples, got {d[field]}")
-    _require(float(lo.recon_std) > 0, "loss.recon_std", "must be > 0")
+    _seed(config, "data.generator_seed")
+    noise = str(d.get("noise", ""))
+    _require(noise in ("",) + NOISES, "data.noise",
+             f"{noise!r} is not '' (the preset's) or one of {list(NOISES)}")
+    _require(int(d.get("n_cross_edges", -1)) >= -1, "data.n_cross_edges",
+             f"must be -1 (the preset's graph) or a number of edges >= 0, got {d.n_cross_edges}")
+    _at_least(config, "model.prior_hidden", 1)
+    _at_least(config, "model.flow_units", 0, " (0: no flow)")
+    _require(int(m.eta_dim) >= -1, "model.eta_dim",
+             f"must be -1 (the preset's size) or a size >= 0, got {m.eta_dim}")
+    _positive(config, "model.temperature")
+    _require(m.similarity in ("l2", "cosine"), "model.similarity",
+             f"{m.similarity!r} is not 'l2' or 'cosine'")
+    _positive(config, "loss.recon_std", also=" (the std of the Gaussian likelihood; inf would drop the "
+                                    "data term)")
     for field in ("beta", "lambda_sparse", "lambda_sparse_within", "lambda_tie"):
-        _require(float(lo[field]) >= 0, f"loss.{field}", f"must be >= 0, got {lo[field]}")
+        _non_negative(config, f"loss.{field}")
     _require(int(t.steps) >= 1, "train.steps", f"must be >= 1, got {t.steps}")
     _require(int(t.num_seeds) >= 1, "train.num_seeds", f"must be >= 1, got {t.num_seeds}")
-    _require(float(t.learning_rate) > 0, "train.learning_rate", "must be > 0")
+    _positive(config, "train.learning_rate")
+    _positive(config, "train.grad_clip", allow_inf=True,
+              also=" (the global gradient-norm clip; inf: no clipping; <= 0 would stop or "
+                   "flip the updates)")
+    _seed(config, "train.seed")
+    _at_least(config, "train.prefetch_steps", 1)
+    _at_least(config, "train.keep_checkpoints", 1)
+    div = _number(t.get("divergence_factor", 0.0))
+    _require(div == 0 or (div > 1 and math.isfinite(div)), "train.divergence_factor",
+             f"must be 0 (no check) or a finite number > 1, got {t.get('divergence_factor')!r}")
     _require(int(t.batch_size) >= 1, "train.batch_size", "must be >= 1")
     _require(int(t.batch_size) % n_devices == 0, "train.batch_size",
              f"{t.batch_size} is not divisible by the {n_devices} devices of the data mesh; "
@@ -92,7 +166,9 @@ def validate(config, n_devices: int) -> None:
     _require(e.r2_kind in ("kernel", "linear"), "eval.r2_kind",
              f"{e.r2_kind!r} is not 'kernel' or 'linear'")
     _require(int(e.shd_reversal_cost) in (1, 2), "eval.shd_reversal_cost", "must be 1 or 2")
-    _require(float(e.graph_threshold) >= 0, "eval.graph_threshold", "must be >= 0")
+    _non_negative(config, "eval.graph_threshold")
+    _at_least(config, "eval.batch_size", 1, " (samples encoded at once)")
+    _at_least(config, "eval.kernel_components", 1, " (Nystroem components of the kernel R²)")
 
 
 def validate_against_method(config, method) -> None:

@@ -11,6 +11,8 @@ import os
 
 import numpy as np
 
+from crl_jax import resume
+
 
 def jsonable(obj, nan_as_null: bool = False):
     """Plain Python containers and numbers of ``obj`` (numpy arrays and scalars included).
@@ -41,17 +43,24 @@ def latent_names(block_slices) -> list[str]:
 
 
 def write_config(workdir: str, config) -> str:
-    path = os.path.join(workdir, "config.json")
-    with open(path, "w") as f:
-        f.write(config.to_json_best_effort(indent=1))
-    return path
+    """``config.json``: this config, with the history of earlier starts kept
+    (:func:`crl_jax.resume.record`)."""
+    return resume.record(workdir, config)
 
 
 def markdown(report: dict) -> str:
     """``report.md`` of either pipeline."""
-    if report.get("source") == "personax":
-        return _markdown_personax(report)
-    return _markdown_synthetic(report)
+    text = (_markdown_personax(report) if report.get("source") == "personax"
+            else _markdown_synthetic(report))
+    changes = report.get("config_changes_on_resume")
+    if changes:
+        lines = ["", "## Config changes on resume", ""]
+        for entry in changes:
+            at = ", ".join(f"{d} step {s}" for d, s in entry["resumed_from"].items())
+            fields = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in entry["changed"].items())
+            lines.append(f"- {entry['started']} (resumed from {at}): {fields}")
+        text += "\n".join(lines) + "\n"
+    return text
 
 
 def _markdown_synthetic(report: dict) -> str:
@@ -107,6 +116,9 @@ def write(workdir: str, report: dict, nan_as_null: bool = False) -> dict:
     """Write ``report.json`` and ``report.md``; returns the JSON-ready report.
     ``nan_as_null``: strict JSON (non-finite numbers as ``null``)."""
     clean_report = clean(report, nan_as_null)
+    changes = resume.changes_on_resume(workdir)
+    if changes:   # the training fields changed when the run was resumed (crl_jax.resume)
+        clean_report["config_changes_on_resume"] = jsonable(changes, nan_as_null)
     with open(os.path.join(workdir, "report.json"), "w") as f:
         json.dump(clean_report, f, indent=1)
     with open(os.path.join(workdir, "report.md"), "w") as f:

@@ -23,7 +23,8 @@ import time
 
 import jax
 
-from crl_jax import config_validation, experiments, host, parallel, train
+from crl_jax import cli, config_validation, experiments, host, parallel, train, workdir
+from crl_jax.errors import UsageError
 from crl_jax.experiments import synthetic as synthetic_experiment
 from crl_jax.sweeps import aggregate, grid, plots
 
@@ -37,6 +38,8 @@ def _validate(entries) -> None:
             if e.config.data.get("source", "synthetic") == "synthetic":
                 config_validation.validate_against_spec(
                     e.config, synthetic_experiment.build_spec(e.config.data))
+        except config_validation.ConfigError as err:
+            raise config_validation.ConfigError(f"sweep entry {e.index} ({e.name}): {err}") from err
         except ValueError as err:
             raise ValueError(f"sweep entry {e.index} ({e.name}): {err}") from err
 
@@ -129,26 +132,53 @@ def start(sweep_config, sweep_index: int | None = None) -> dict:
     return settings
 
 
-def main(argv):
+PROG = "python -m crl_jax.sweep"
+
+
+def _define(fv) -> None:
+    from absl import flags
+    flags.DEFINE_string("workdir", None, "Directory of the sweep (one subdirectory per entry).",
+                        flag_values=fv)
+    flags.DEFINE_integer("sweep_index", None, "Run only this entry (0-based), for job arrays.",
+                         flag_values=fv)
+    flags.DEFINE_bool("aggregate_only", False, "Only (re)write results.csv, summary.md, plots.",
+                      flag_values=fv)
+
+
+def parse(argv):
+    """Parsed flags of ``argv`` (argv[0] the program); None after printing ``--help``."""
+    return cli.parse_config_flags(
+        argv, _define, required=("config", "workdir"), example="configs/sweeps/methods.py",
+        config_help="Sweep file (configs/sweeps/NAME.py[:smoke]). --debug: keep the traceback "
+                    "of an error.")
+
+
+def _main(argv) -> int:
     from absl import logging
-    if len(argv) > 1:
-        raise ValueError(f"Unexpected arguments: {argv[1:]}")
+    fv = parse(argv)
+    if fv is None:
+        return 0
+    workdir.prepare(fv.workdir)
+    n = len(grid.make_entries(fv.config))
+    if fv.sweep_index is not None and not 0 <= fv.sweep_index < n:
+        raise UsageError(f"--sweep_index={fv.sweep_index} is out of range: sweep "
+                         f"{fv.config.name!r} has {n} entries (0..{n - 1})")
     logging.set_verbosity(logging.WARNING)
-    start(FLAGS.config, FLAGS.sweep_index)
-    command = "python -m crl_jax.sweep " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    run_sweep(FLAGS.config, FLAGS.workdir, sweep_index=FLAGS.sweep_index,
-              aggregate_only=FLAGS.aggregate_only, command=command)
+    start(fv.config, fv.sweep_index)
+    command = "python -m crl_jax.sweep " + " ".join(shlex.quote(a) for a in argv[1:])
+    out = run_sweep(fv.config, fv.workdir, sweep_index=fv.sweep_index,
+                    aggregate_only=fv.aggregate_only, command=command)
+    if out.get("failed") and not fv.aggregate_only:
+        raise train.TrainingDiverged(
+            f"{len(out['failed'])} sweep entr{'y' if len(out['failed']) == 1 else 'ies'} "
+            f"diverged: {', '.join(out['failed'])} (each has a failed.json in "
+            f"{fv.workdir}); the other entries are aggregated in {out['summary_md']}")
+    return 0
+
+
+def main(argv=None) -> int:
+    return cli.run(_main, sys.argv if argv is None else argv, prog=PROG)
 
 
 if __name__ == "__main__":
-    from absl import app, flags
-    from ml_collections import config_flags
-
-    FLAGS = flags.FLAGS
-    config_flags.DEFINE_config_file(
-        "config", None, "Sweep file (configs/sweeps/NAME.py[:smoke]).", lock_config=True)
-    flags.DEFINE_string("workdir", None, "Directory of the sweep (one subdirectory per entry).")
-    flags.DEFINE_integer("sweep_index", None, "Run only this entry (0-based), for job arrays.")
-    flags.DEFINE_bool("aggregate_only", False, "Only (re)write results.csv, summary.md, plots.")
-    flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main)
+    sys.exit(main())

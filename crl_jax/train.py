@@ -5,7 +5,13 @@ mesh (batch sharded over ``data``, state replicated, buffers donated). The host 
 at the metrics every ``train.log_every`` steps: there it checks that the loss is finite,
 writes the metrics file, updates the progress bar and, every ``train.checkpoint_every``
 steps, saves an Orbax checkpoint, so a checkpoint never holds a non-finite state. Rerunning
-the same command resumes from the latest checkpoint.
+the same command resumes from the latest checkpoint (an unreadable one is skipped,
+:func:`crl_jax.checkpointing.open_and_restore`).
+
+Faults stop training with one clear message: a non-finite loss, or one above
+``train.divergence_factor`` times its value at the first step (an exploding but finite loss),
+raises :class:`TrainingDiverged`; SIGINT / SIGTERM save a checkpoint at the next step boundary
+and raise :class:`TrainingInterrupted` (a second signal stops at once).
 
 :func:`train` may be called more than once in a run (a method trained in stages): each call
 takes its own checkpoint folder, metrics file and step offset. The pipelines that build the
@@ -15,6 +21,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import threading
 import time
 
 import jax
@@ -23,10 +31,70 @@ import numpy as np
 import tqdm
 
 from crl_jax import checkpointing, parallel, steps
+from crl_jax.errors import EXIT_DIVERGED, warn
 
 
 class TrainingDiverged(FloatingPointError):
-    """The loss became NaN or Inf; the last good checkpoint is kept."""
+    """The loss became NaN or Inf, or exploded; the last good checkpoint, if any, is kept."""
+
+    exit_code = EXIT_DIVERGED
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT / SIGTERM: a checkpoint was saved at the step boundary after the signal."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
+        self.exit_code = 128 + int(signum)
+
+
+class _StopSignals:
+    """While active (main thread only): SIGINT / SIGTERM set ``received`` instead of stopping
+    the process mid-step; a second signal raises KeyboardInterrupt at once."""
+
+    def __init__(self):
+        self.received, self._previous = None, {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.received is not None:
+            raise KeyboardInterrupt(f"second {signal.Signals(signum).name}: stopped at once, "
+                                    f"without saving")
+        self.received = signum
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        return False
+
+
+def _read_metrics(path: str, resume_step: int) -> list[str]:
+    """The lines of ``path`` up to ``resume_step``; unreadable lines (a line torn by a
+    killed run) are dropped with a warning."""
+    kept, torn = [], []
+    with open(path) as f:
+        lines = f.readlines()
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            step = json.loads(line)["step"]
+        except (ValueError, KeyError, TypeError):
+            torn.append(i)
+            continue
+        if step <= resume_step:
+            kept.append(line if line.endswith("\n") else line + "\n")
+    if torn:
+        which = "its last line" if torn == [len(lines)] else f"line(s) {torn}"
+        warn(f"{path}: dropped {which}, which is not a complete JSON record (written by a run "
+             f"that was killed mid-write)")
+    return kept
 
 
 class _SummaryWriter:
@@ -42,9 +110,7 @@ class _SummaryWriter:
             return
         path = os.path.join(workdir, metrics_file)
         if os.path.exists(path):  # drop records logged after the checkpoint we resume from
-            with open(path) as f:
-                kept = [line for line in f if line.strip()
-                        and json.loads(line)["step"] <= resume_step]
+            kept = _read_metrics(path, resume_step)
             with open(path, "w") as f:
                 f.writelines(kept)
         self._jsonl = open(path, "a")
@@ -93,6 +159,37 @@ def _summarise(window: list[dict]) -> dict:
         record[name] = float(np.mean(per_seed))
         record[f"{name}_per_seed"] = [float(v) for v in per_seed]
     return record
+
+
+def _kept(folder: str, last_good) -> str:
+    if last_good is None:
+        return (f"No checkpoint was saved before (the first is due at train.checkpoint_every); "
+                f"{folder} holds none, so a rerun starts from step 0.")
+    return f"The last good checkpoint (step {last_good}) is kept in {folder}."
+
+
+def _check_loss(loss_per_seed, reference, factor: float, step: int, log_every: int,
+                folder: str, last_good) -> None:
+    """TrainingDiverged when a seed's mean loss since the last check is NaN/Inf, or above
+    ``factor * max(|loss at the first step|, 1)`` (``factor`` 0: no such check)."""
+    loss = np.asarray(loss_per_seed, np.float64)
+    fix = ("Use a new --workdir with a lower train.learning_rate (or a larger "
+           "loss.recon_std); a rerun here would diverge the same way.")
+    bad = [i for i, v in enumerate(loss) if not np.isfinite(v)]
+    if bad:
+        raise TrainingDiverged(
+            f"loss became NaN/Inf between steps {max(step - log_every, 0)} and {step} for "
+            f"seed(s) {bad}; training stopped. {_kept(folder, last_good)} {fix}")
+    if factor > 0:
+        limit = factor * np.maximum(np.abs(reference), 1.0)
+        bad = [i for i in range(loss.size) if loss[i] > limit[i]]
+        if bad:
+            i = bad[0]
+            raise TrainingDiverged(
+                f"loss diverged: {loss[i]:.3g} by step {step} for seed(s) {bad}, more than "
+                f"train.divergence_factor={factor:g} times its first-step value "
+                f"{reference[i]:.3g}; training stopped. {_kept(folder, last_good)} {fix} "
+                f"(--config.train.divergence_factor=0 turns this check off)")
 
 
 def init_state(method, config, mesh, data_layout):
@@ -158,12 +255,80 @@ def train(config, workdir: str, method, mesh, batches, data_layout, *,
              else initial_state)
     if not method.trainable:  # controls fitted on the host at evaluation (PCA, ...)
         return state, int(t_cfg.steps)
-    mngr = checkpointing.manager(workdir, t_cfg.keep_checkpoints, subdir=checkpoint_dir)
-    state, step = checkpointing.restore_latest(mngr, state)
+    mngr, state, step, restored = checkpointing.open_and_restore(
+        workdir, t_cfg.keep_checkpoints, checkpoint_dir, state)
     total = int(t_cfg.steps)
     if step >= total:   # finished earlier: leave the metrics (a later stage's too) as they are
         mngr.close()
         return state, step
+    train_step = jit_train_step(method, mesh, microbatches)
+    train_steps = jit_train_steps(method, mesh, microbatches) if per_call > 1 else None
+    last = total if stop_after_step is None else min(total, int(stop_after_step))
+    sync_each_step = parallel.needs_step_sync(mesh)
+    writer = _SummaryWriter(workdir, resume_step=step + int(step_offset),
+                            metrics_file=metrics_file)
+    bar = tqdm.tqdm(total=total, initial=step,
+                    disable=not t_cfg.progress or jax.process_index() != 0,
+                    desc=f"train {method.name} x{t_cfg.num_seeds} seeds", unit="step")
+    folder = os.path.join(workdir, checkpoint_dir)
+    last_good = step if restored else None   # the newest checkpoint on disk
+    window, step_last, reference = [], step, None
+    factor = float(t_cfg.get("divergence_factor", 0.0))
+    t_start = t_last = time.time()
+    signals = _StopSignals()
+    try:
+        with signals:
+            while step < total:
+                if (train_steps is not None and step % per_call == 0
+                        and step + per_call <= last and signals.received is None):
+                    # per_call divides log_every: the checks below fall between calls
+                    state, terms = train_steps(state, batches.stacked(step, per_call))
+                    step += per_call
+                else:   # one step at a time up to the next multiple (a resumed or stopped run)
+                    state, terms = train_step(state, batches(step))
+                    step += 1
+                window.append(terms)
+                if sync_each_step:
+                    jax.block_until_ready(terms)
+                stopping = ((stop_after_step is not None and step >= stop_after_step)
+                            or signals.received is not None)
+                if step % int(t_cfg.log_every) and step != total and not stopping:
+                    continue
+                if reference is None:   # the loss at the first step of this session, per seed
+                    first = np.asarray(jax.device_get(window[0]["loss"]), np.float64)
+                    reference = first.reshape(-1, first.shape[-1])[0]
+                record = _summarise(window)
+                window = []
+                _check_loss(record["loss_per_seed"], reference, factor, step,
+                            int(t_cfg.log_every), folder, last_good)
+                now = time.time()
+                record["steps_per_sec"] = (step - step_last) / max(now - t_last, 1e-9)
+                record["elapsed_sec"] = now - t_start
+                record["microbatches"] = int(microbatches)  # chunks per step
+                t_last, step_last = now, step
+                writer.write(step + int(step_offset), record)
+                bar.set_postfix({k: f"{record[k]:.3g}" for k in ("loss", "recon", "kl", "tie")
+                                 if k in record})  # methods without a decoder lack recon/kl/tie
+                bar.update(step - bar.n)
+                if step % int(t_cfg.checkpoint_every) == 0 or step == total or stopping:
+                    if not _all_finite(state.params):
+                        raise TrainingDiverged(
+                            f"parameters became NaN/Inf by step {step}; training stopped. "
+                            f"{_kept(folder, last_good)}")
+                    checkpointing.save(mngr, step, state)
+                    last_good = step
+                if stopping:
+                    break
+    finally:
+        bar.close()
+        writer.close()
+        mngr.close()
+    if signals.received is not None:
+        name = signal.Signals(signals.received).name
+        raise TrainingInterrupted(
+            f"stopped by {name}: checkpoint saved at step {step} in {folder}; rerun the same "
+            f"command to resume", signals.received)
+    return state, step
     train_step = jit_train_step(method, mesh, microbatches)
     train_steps = jit_train_steps(method, mesh, microbatches) if per_call > 1 else None
     last = total if stop_after_step is None else min(total, int(stop_after_step))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import gzip
 import os
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -34,16 +35,31 @@ _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dt
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """Decode one IDX file (optionally gzip-compressed) into a numpy array."""
+    """Decode one IDX file (optionally gzip-compressed) into a numpy array.
+
+    A damaged file (truncated, not gzip, failed CRC, a header that promises more data than
+    the file holds) raises ValueError naming the file and the problem."""
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    fix = "replace it with an intact copy of the standard IDX file"
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+        raise ValueError(f"{path} is damaged: not a complete gzip file ({e}); {fix}.") from None
+    except OSError as e:
+        raise ValueError(f"{path} cannot be read ({e.strerror or e}); {fix}.") from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
-        raise ValueError(f"{path} is not an IDX file (bad magic number {data[:4]!r}).")
+        raise ValueError(f"{path} is not an IDX file (bad magic number {data[:4]!r}); {fix}.")
     dtype, ndim = np.dtype(_IDX_DTYPES[data[2]]), data[3]
-    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
     offset = 4 + 4 * ndim
+    if len(data) < offset:
+        raise ValueError(f"{path} is damaged: its IDX header is cut short; {fix}.")
+    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    need = int(np.prod(shape)) * dtype.itemsize
+    if len(data) - offset < need:
+        raise ValueError(f"{path} is damaged: its header says shape {shape} ({need} bytes of "
+                         f"data) but it holds {len(data) - offset}; {fix}.")
     arr = np.frombuffer(data, dtype=dtype, count=int(np.prod(shape)), offset=offset).reshape(shape)
     return arr.astype(dtype.newbyteorder("="))
 

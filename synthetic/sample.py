@@ -26,7 +26,9 @@ from synthetic.spec import IDENTITIES
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m synthetic.sample", description=__doc__.split("\n")[0])
+    from crl_jax import cli  # one-line errors for bad flags (exit code 2)
+
+    p = cli.ArgumentParser(prog="python -m synthetic.sample", description=__doc__.split("\n")[0])
     p.add_argument("--preset", required=True, choices=PRESETS)
     p.add_argument("--n", type=int, required=True, help="number of samples")
     p.add_argument("--out", required=True, help="output .npz file")
@@ -36,6 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data_dir", default=None, help="folder with mnist/ and fashion-mnist/ IDX files")
     p.add_argument("--identity", default=None, choices=IDENTITIES,
                    help="variant_mnist_3m: how the images are chosen (default: the preset's)")
+    p.add_argument("--debug", action="store_true", help="keep the traceback of an error")
     return p
 
 
@@ -80,12 +83,31 @@ def write_image_grid(sample: Sample, path: Path, n_rows: int = 8) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Returns the exit code; a bad flag or a missing / damaged image file prints one line
+    on stderr and returns 2 (``--debug`` keeps the traceback)."""
+    from crl_jax import cli
+
+    return cli.run(_main, sys.argv[1:] if argv is None else argv, prog="python -m synthetic.sample")
+
+
+def _main(argv: Sequence[str]) -> int:
     args = _parser().parse_args(argv)
     if args.n < 1:
         raise ValueError(f"--n={args.n} must be >= 1.")
     out = Path(args.out)
     if out.suffix != ".npz":
         raise ValueError(f"--out={args.out!r} must end in .npz.")
+    if out.exists() and out.is_dir():
+        raise ValueError(f"--out={args.out!r} is a directory; pass a file name ending in .npz.")
+    if out.parent.exists() and not out.parent.is_dir():
+        raise ValueError(f"--out={args.out!r}: {out.parent} is a file, not a directory.")
+    for name in ("n_measurements", "shared_dim"):
+        value = getattr(args, name)
+        if value is not None and value < (1 if name == "n_measurements" else 0):
+            raise ValueError(f"--{name}={value} must be >= {1 if name == 'n_measurements' else 0}.")
+    if args.data_dir is not None and not Path(args.data_dir).is_dir():
+        raise ValueError(f"--data_dir={args.data_dir!r} is not a directory; pass the folder holding "
+                         "mnist/ and fashion-mnist/ IDX files.")
     overrides = {k: getattr(args, k) for k in ("n_measurements", "shared_dim", "data_dir", "identity")
                  if getattr(args, k) is not None}
     if args.preset == "variant_mnist_3m" and "shared_dim" in overrides:
@@ -93,6 +115,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.preset != "variant_mnist_3m" and "identity" in overrides:
         raise ValueError(f"--identity is only for variant_mnist_3m (how its images are chosen), not {args.preset}.")
     spec = get_spec(args.preset, **overrides)
+    if spec.kind == "variant_mnist":   # the image files, before any sampling
+        from synthetic import image_data
+        image_data.check_available(spec.data_dir)
     key = jax.random.PRNGKey(args.seed)
     process: Process = make_process(jax.random.fold_in(key, 0), spec)
     sample = process.sample(jax.random.fold_in(key, 1), args.n)

@@ -27,10 +27,9 @@ RECORDER = textwrap.dedent("""\
         from benchmarks import loop
         loop.parse_args(args[2:])
     elif args[:2] == ["-m", "crl_jax.main"]:
-        from absl import flags
-        import crl_jax.main                              # defines --config and --workdir
-        flags.FLAGS(["main"] + args[2:])                 # loads configs/synthetic.py
-        assert flags.FLAGS.config.train.steps > 0
+        from crl_jax import main
+        parsed = main.parse(["main"] + args[2:])         # loads configs/synthetic.py
+        assert parsed.config.train.steps > 0
     elif args[:1] == ["-c"]:
         exec(args[1])
 """)

@@ -153,7 +153,7 @@ def test_sampling_is_deterministic_in_the_key(mode, processes, samples):
     assert np.array_equal(np.asarray(other.eta[0]), np.asarray(samples[mode].eta[0])) == (mode == "fixed")
 
 
-def test_cli_identity_flag(tmp_path, data_dir, labels):
+def test_cli_identity_flag(tmp_path, data_dir, labels, capsys):
     out = tmp_path / "vm.npz"
     assert sample_main(["--preset=variant_mnist_3m", "--n=64", f"--out={out}", f"--data_dir={data_dir}",
                         "--identity=per_measurement"]) == 0
@@ -161,5 +161,6 @@ def test_cli_identity_flag(tmp_path, data_dir, labels):
         idx = f["eta_digit"][..., 0]
         assert Spec.from_json(str(f["spec_json"])).identity == "per_measurement"
     assert np.mean(idx[:, 0] != idx[:, 1]) > 0.9 and (labels[0][idx] == labels[0][idx[:, :1]]).all()
-    with pytest.raises(ValueError, match="--identity"):
-        sample_main(["--preset=numerical_case1", "--n=4", f"--out={out}", "--identity=fixed"])
+    capsys.readouterr()
+    assert sample_main(["--preset=numerical_case1", "--n=4", f"--out={out}", "--identity=fixed"]) == 2
+    assert "--identity is only for variant_mnist_3m" in capsys.readouterr().err

@@ -217,12 +217,22 @@ def read_dataframe(path: str | os.PathLike) -> pd.DataFrame:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"PersonaX table {path!r} not found; check the --data path.")
     if ext == ".csv":
-        return pd.read_csv(path)
+        try:
+            return pd.read_csv(path)
+        except pd.errors.EmptyDataError:
+            raise ValueError(f"PersonaX table {path!r} is empty (no header row); check the "
+                             "--data path or re-export the table.") from None
+        except (pd.errors.ParserError, UnicodeDecodeError) as e:
+            raise ValueError(f"PersonaX table {path!r} is not a readable CSV file "
+                             f"({' '.join(str(e).split())}); re-export it as CSV or Parquet.") from None
     try:
         return pd.read_parquet(path)
     except ImportError as e:
         raise ImportError(f"Reading {path!r} needs a Parquet engine ({e}); install pyarrow "
                           "(pip install 'crl_jax[parquet]') or convert the table to CSV.") from e
+    except (OSError, ValueError) as e:   # pyarrow's ArrowInvalid is a ValueError
+        raise ValueError(f"PersonaX table {path!r} is not a readable Parquet file "
+                         f"({' '.join(str(e).split())[:200]}); re-export it.") from None
 
 
 def load_table(path: str | os.PathLike, columns: PersonaXColumns | Mapping[str, Any] | None = None,
@@ -431,7 +441,33 @@ def _numeric_column(df: pd.DataFrame, col: str, ids: np.ndarray, what: str) -> n
         raise ValueError(
             f"Column {col!r} ({what}) must be numeric but has {int(bad.sum())} non-numeric value(s), e.g. "
             f"{examples}. Clean the column or tag the feature as 'discrete'.")
-    return conv.to_numpy(dtype=np.float64)
+    out = conv.to_numpy(dtype=np.float64)
+    inf = np.flatnonzero(np.isinf(out))
+    if inf.size:
+        examples = ", ".join(f"row {r} (id {ids[r]!r}): {s.iloc[r]!r}" for r in inf[:5])
+        raise ValueError(
+            f"Column {col!r} ({what}) has {inf.size} infinite value(s), e.g. {examples}. Replace "
+            "them with finite numbers, or leave the cells empty (missing).")
+    return out
+
+
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
+def _check_finite_rows(mat: np.ndarray, ids: np.ndarray, where: str) -> None:
+    """ValueError naming the first rows whose values are infinite or overflow float32 (the
+    model's dtype); NaN is a missing value and allowed."""
+    with np.errstate(invalid="ignore"):
+        bad = np.isinf(mat) | (np.abs(mat) > _F32_MAX)
+    rows = np.flatnonzero(bad.reshape(bad.shape[0], -1).any(axis=1))
+    if rows.size:
+        examples = ", ".join(
+            f"row {r} (id {ids[r]!r}) value {mat[r].reshape(-1)[np.argmax(bad[r].reshape(-1))]!r} "
+            f"at position {int(np.argmax(bad[r].reshape(-1)))}" for r in rows[:3])
+        raise ValueError(
+            f"{where} has {rows.size} row(s) with infinite values or values beyond float32's "
+            f"range (+-{_F32_MAX:.3g}), e.g. {examples}. Fix or rescale those embeddings "
+            "(missing values may be left empty / NaN).")
 
 
 def _parse_vector(cell: Any) -> np.ndarray | None:
@@ -475,24 +511,30 @@ def _embedding_from_column(df: pd.DataFrame, col: str, ids: np.ndarray, field: s
             f"Embedding column {col!r} ({field}) has inconsistent sizes: most rows have {d} values but "
             f"{wrong.size} row(s) differ, e.g. {examples}. All embeddings of one measurement must have the "
             "same length.")
-    out = np.full((len(vecs), d), np.nan, dtype=np.float32)
+    full = np.full((len(vecs), d), np.nan, dtype=np.float64)
     rows = np.flatnonzero(sizes >= 0)
     if rows.size:
-        out[rows] = np.stack([vecs[r] for r in rows]).astype(np.float32)
-    return out
+        full[rows] = np.stack([vecs[r] for r in rows])
+    _check_finite_rows(full, ids, f"Embedding column {col!r} ({field})")
+    return full.astype(np.float32)
 
 
-def _embedding_from_npy(src: str, n: int, base_dir: str, field: str) -> np.ndarray:
+def _embedding_from_npy(src: str, n: int, base_dir: str, field: str, ids: np.ndarray) -> np.ndarray:
     path = src if os.path.isabs(src) else os.path.join(base_dir, src)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Embedding file {path!r} ({field}) not found; .npy paths are resolved "
                                 "relative to the table's folder.")
-    arr = np.load(path, allow_pickle=False)
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise ValueError(f"Embedding file {path!r} ({field}) is not a readable .npy array ({e}); "
+                         "rewrite it with numpy.save.") from None
     if arr.ndim != 2 or arr.shape[0] != n:
         raise ValueError(f"Embedding file {path!r} ({field}) has shape {arr.shape}; expected (n_rows={n}, d), "
                          "row-aligned with the table.")
     if not np.issubdtype(arr.dtype, np.number):
         raise ValueError(f"Embedding file {path!r} ({field}) has non-numeric dtype {arr.dtype}.")
+    _check_finite_rows(arr.astype(np.float64), ids, f"Embedding file {path!r} ({field})")
     return arr.astype(np.float32)
 
 
@@ -504,7 +546,7 @@ def _load_group(df: pd.DataFrame, sources: Iterable[str], group: str, ids: np.nd
     mats = []
     for k, src in enumerate(sources):
         field = f"{group}[{k}]"
-        mats.append(_embedding_from_npy(src, len(df), base_dir, field) if _is_npy(src)
+        mats.append(_embedding_from_npy(src, len(df), base_dir, field, ids) if _is_npy(src)
                     else _embedding_from_column(df, src, ids, field))
     dims = [m.shape[1] for m in mats]
     if len(set(dims)) > 1:

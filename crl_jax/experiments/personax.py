@@ -131,6 +131,13 @@ def validate_config(config, n_devices: int) -> personax.PersonaXColumns:
     require(m.name != "personax", "model.name",
             "the two-stage 'personax' runs on synthetic data only so far; use 'personax_vae' "
             "(the causal-prior VAE, configs/personax.py's default) or a baseline")
+    for field in ("default_n_image", "default_n_text"):
+        require(1 <= int(d[field]) <= 3, f"data.{field}",
+                f"the default layout has 1-3 measurements per modality, got {d[field]}")
+    for field, value in (("data.split_seed", d.split_seed), ("causal_discovery.subsample_seed",
+                                                             cdc.subsample_seed)):
+        require(isinstance(value, int) and 0 <= value < config_validation.SEED_LIMIT, field,
+                f"must be an integer in [0, 2**32), got {value!r}")
     require(m.name != "oracle", "model.name",
             "the 'oracle' control encodes the true latents, which real data does not have")
     require(m.encoder == "mlp", "model.encoder",
@@ -317,6 +324,8 @@ def run(config, workdir: str, *, stop_after_step=None) -> dict | None:
           f"validation rows")
     cdc = config.causal_discovery
     n_pc = data.ids.shape[0] if int(cdc.max_n) == 0 else min(int(cdc.max_n), data.ids.shape[0])
+    cd.check_pc_rows(n_pc, sum(data.layout.latent_dims) + int(data.layout.shared_dim),
+                     f"config.data.path={config.data.path!r}")
     if cdc.indep_test in ("kci", "fastkci") and n_pc > 1000:
         print(f"warning: PC with {cdc.indep_test} on {n_pc} rows will be slow (its tests are O(n^2) or "
               "worse; measured: 18 latents, 200 rows took 4-12 minutes on 2 CPU cores); set "

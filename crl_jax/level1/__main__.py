@@ -5,12 +5,14 @@
 
 from __future__ import annotations
 
-import argparse
 import json
+import os
 import sys
 from typing import Sequence
 
+from crl_jax import cli, workdir
 from crl_jax.data.personax import FEATURE_KINDS, PersonaXColumns, load_table
+from crl_jax.errors import UsageError
 from crl_jax.level1.citests import ALL_TESTS
 from crl_jax.level1.outputs import write_outputs
 from crl_jax.level1.runner import run_level1, summarise
@@ -34,13 +36,13 @@ def parse_features(spec: str | None, columns: PersonaXColumns) -> dict[str, str]
         name, _, kind = item.partition(":")
         kind = kind or columns.features.get(name, "auto")
         if kind not in FEATURE_KINDS:
-            raise ValueError(f"--features entry {item!r}: kind {kind!r} is not one of {FEATURE_KINDS}.")
+            raise UsageError(f"--features entry {item!r}: kind {kind!r} is not one of {FEATURE_KINDS}.")
         out[name] = kind
     return out
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m crl_jax.level1",
+def build_parser() -> cli.ArgumentParser:
+    p = cli.ArgumentParser(prog="python -m crl_jax.level1",
                                 description="PersonaX Level I: pairwise independence tests, traits x features.")
     p.add_argument("--data", required=True, help="table file (.parquet or .csv)")
     p.add_argument("--out", required=True, help="output folder")
@@ -59,11 +61,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--min_n", type=int, default=10, help="pairs with fewer complete rows are recorded as failed")
     p.add_argument("--no_progress", action="store_true")
+    p.add_argument("--debug", action="store_true", help="keep the traceback of an error")
     return p
 
 
+def check_args(args) -> None:
+    """Flag checks before the table is read (one line each, exit code 2)."""
+    if not os.path.isfile(args.data):
+        what = "is a directory" if os.path.isdir(args.data) else "not found"
+        raise UsageError(f"--data={args.data}: {what}; pass a PersonaX table (.parquet, .pq or .csv)")
+    if args.columns and not os.path.isfile(args.columns):
+        raise UsageError(f"--columns={args.columns}: not found; pass a JSON column layout file")
+    if not 0.0 < args.alpha < 1.0:
+        raise UsageError(f"--alpha={args.alpha} must be in (0, 1), e.g. 0.05")
+    if args.jobs == 0 or args.jobs < -1:
+        raise UsageError(f"--jobs={args.jobs} must be a positive number of processes or -1 (all cores)")
+    if args.min_n < 6:
+        raise UsageError(f"--min_n={args.min_n} must be >= 6 (the HSIC gamma approximation needs n >= 6)")
+    if args.max_n is not None and args.max_n < args.min_n:
+        raise UsageError(f"--max_n={args.max_n} must be >= --min_n={args.min_n}")
+    unknown = [t for t in (_csv_list(args.tests) or []) if t not in ALL_TESTS]
+    if unknown or not _csv_list(args.tests):
+        raise UsageError(f"--tests={args.tests}: {unknown or 'empty'}; choose from {','.join(ALL_TESTS)}")
+    workdir.prepare(args.out, flag="--out")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    return cli.run(_main, sys.argv[1:] if argv is None else argv, prog="python -m crl_jax.level1")
+
+
+def _main(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(argv)
+    check_args(args)
     columns = PersonaXColumns.from_json(args.columns) if args.columns else PersonaXColumns()
     changes: dict = {"image": (), "text": ()}  # Level I needs no embeddings
     if args.id_column is not None:
@@ -77,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         changes["features"] = features
     columns = columns.replace(**changes)
     if not columns.features:
-        raise SystemExit("No features to test: pass --features=a,b,c or a --columns layout listing features.")
+        raise UsageError("No features to test: pass --features=a,b,c or a --columns layout listing features.")
     traits = _csv_list(args.traits)
     table = load_table(args.data, columns, traits=traits)
     result = run_level1(table, traits=traits, tests=_csv_list(args.tests) or [], llms=_csv_list(args.llms),
