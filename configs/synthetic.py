@@ -40,6 +40,9 @@ def apply_smoke(config: ml_collections.ConfigDict) -> None:
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     parts = [p for p in (arg or "").split(",") if p]
     config = default.base_config()
+    # personax: stage A 3000 steps, then 2 x 2000 of stage B (the default run's CPU budget)
+    config.train.steps = 3000
+    config.stage_b.steps = 2000
     for part in parts:
         if part in CASES:
             config.data.preset = CASES[part]

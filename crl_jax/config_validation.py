@@ -113,6 +113,11 @@ def validate(config, n_devices: int) -> None:
                                     "data term)")
     for field in ("beta", "lambda_sparse", "lambda_sparse_within", "lambda_tie"):
         _non_negative(config, f"loss.{field}")
+    _require(lo.get("sparsity", "dependence") in ("dependence", "weights"), "loss.sparsity",
+             f"{lo.get('sparsity')!r} is not 'dependence' (L1 on S) or 'weights' (L1 on |W|)")
+    _at_least(config, "loss.dependence_rows", 1, " (rows of the batch on which S is computed)")
+    if "stage_b" in config:
+        _validate_stage_b(config)
     _require(int(t.steps) >= 1, "train.steps", f"must be >= 1, got {t.steps}")
     _require(int(t.num_seeds) >= 1, "train.num_seeds", f"must be >= 1, got {t.num_seeds}")
     _positive(config, "train.learning_rate")
@@ -169,6 +174,28 @@ def validate(config, n_devices: int) -> None:
     _non_negative(config, "eval.graph_threshold")
     _at_least(config, "eval.batch_size", 1, " (samples encoded at once)")
     _at_least(config, "eval.kernel_components", 1, " (Nystroem components of the kernel R²)")
+
+
+def _validate_stage_b(config) -> None:
+    """``personax``'s stage B (crl_jax/methods/personax.py)."""
+    b = config.stage_b
+    _at_least(config, "stage_b.steps", 1)
+    _positive(config, "stage_b.learning_rate")
+    _require(0 <= int(b.warmup_steps) < int(b.steps), "stage_b.warmup_steps",
+             f"must be in [0, stage_b.steps={b.steps}), got {b.warmup_steps}")
+    _positive(config, "stage_b.grad_clip", allow_inf=True,
+              also=" (each replica's gradient-norm clip; inf: no clipping)")
+    _at_least(config, "stage_b.flow_layers", 0, " (0: a linear map per block)")
+    _at_least(config, "stage_b.flow_hidden", 1)
+    _at_least(config, "stage_b.prior_hidden", 1)
+    _at_least(config, "stage_b.flow_units", 0, " (0: no flow)")
+    lams = tuple(b.lambdas)
+    _require(len(lams) >= 1 and all(math.isfinite(_number(v)) and _number(v) >= 0 for v in lams),
+             "stage_b.lambdas", f"needs one or more finite lambdas >= 0, got {lams}")
+    _non_negative(config, "stage_b.order_lambda")
+    _at_least(config, "stage_b.max_orders", 1)
+    _non_negative(config, "stage_b.nll_margin")
+    _at_least(config, "stage_b.penalty_rows", 2, " (S needs a spread over rows)")
 
 
 def validate_against_method(config, method) -> None:

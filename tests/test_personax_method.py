@@ -168,3 +168,34 @@ def test_component_replicas_do_not_interact():
     g2 = grad(dict(params, replicas=other))["replicas"]
     for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
         np.testing.assert_allclose(a[0], b[0], rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------- the staged run
+def test_staged_run_reports_its_choices_and_resumes_inside_stage_b(tmp_path):
+    """One command trains stage A and both stage-B phases (each in its own checkpoint
+    folder); the report says which lambda and order each seed chose, the graph is read from
+    S; a run stopped inside the sparsity phase resumes to the same numbers."""
+    from crl_jax import experiments
+
+    config = synthetic_config.get_config("smoke")
+    config.eval.plots = False
+    full = experiments.run(config, str(tmp_path / "full"))
+    for sub in ("checkpoints", "checkpoints_orders", "checkpoints_sparsity"):
+        assert (tmp_path / "full" / sub).is_dir(), sub
+    choices = full["evaluation"]["choices"]
+    assert choices["lambdas"] == [0.0, 0.3]
+    assert len(choices["lambda"]) == 2 and set(choices["lambda"]) <= {0.0, 0.3}
+    assert all(sorted(o) == [0, 1, 2, 3] for o in choices["order"])
+    assert np.asarray(choices["val_nll_path"]).shape == (2, 2)
+    weights = np.asarray(full["evaluation"]["per_seed"][0]["graph"]["estimated_weights"])
+    assert weights.shape == (4, 4) and np.all(weights >= 0)       # S, not signed W
+    steps_a, steps_b = int(config.train.steps), int(config.stage_b.steps)
+    assert full["stages"]["stage_steps"] == {"blocks": steps_a, "orders": steps_b,
+                                             "sparsity": steps_b}
+
+    stop = steps_a + steps_b + 10       # inside the sparsity phase
+    assert experiments.run(config, str(tmp_path / "resumed"), stop_after_step=stop) is None
+    resumed = experiments.run(config, str(tmp_path / "resumed"))
+    np.testing.assert_allclose(resumed["evaluation"]["summary"]["mcc_pearson"]["per_seed"],
+                               full["evaluation"]["summary"]["mcc_pearson"]["per_seed"],
+                               rtol=1e-5)

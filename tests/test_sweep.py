@@ -23,12 +23,14 @@ SWEEPS = ("methods", "measurements", "sparsity", "sample_size", "shared_latent",
           "calibration", "cases")
 # (field, full grid, smoke grid) of each shipped sweep.
 EXPECTED = {
-    "methods": [("model.name", ("personax", "personax_vae", "mmcrl", "betavae", "mcl", "multiview", "oracle",
-                                "random_encoder", "pca", "fastica"),
+    "methods": [("model.name", ("personax", "personax_vae", "mmcrl", "betavae", "mcl",
+                                "multiview", "oracle", "random_encoder", "pca", "fastica"),
                  ("personax", "mcl", "oracle", "pca"))],
     "measurements": [("data.n_measurements", (1, 2, 3, 5), (1, 2))],
     "sparsity": [("data.n_cross_edges", (1, 2, 4), (1, 2)),
-                 ("loss.lambda_sparse", (0.0, 0.1, 1.0, 10.0), (0.0, 1.0))],
+                 ("stage_b.lambdas", ((0.0,), (0.1,), (0.3,), (1.0,),
+                                      (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)),
+                  ((0.0,), (0.0, 0.3)))],
     "sample_size": [("data.train_size", (1000, 3000, 10000, 30000, 100000), (200, 1000))],
     "shared_latent": [("data.shared_dim", (0, 1, 2), (0, 1))],
     "noise": [("data.noise", ("gaussian", "laplace", "uniform"), ("gaussian", "laplace"))],
