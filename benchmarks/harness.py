@@ -5,7 +5,7 @@ models, times its programs and writes its JSON with these pieces, so that the nu
 different scripts mean the same thing:
 
 - models: :func:`model_config` / :func:`setup_model` (the shipped configs of
-  ``numerical_case2`` and ``variant_mnist_3m``), :func:`load_config` (a shipped config by name);
+  ``numerical_case2`` and ``variant_mnist_3m``, with the one-stage ``personax_vae`` step), :func:`load_config` (a shipped config by name);
 - timing: :class:`StepRunner` (a compiled train step with its donated state),
   :class:`Matmul`, :class:`Fn`, :class:`OptimiserRunner`, :class:`MatmulsRunner`;
   :func:`paired_rounds` interleaves runners so that they share the machine's state, and
@@ -50,6 +50,10 @@ def model_config(model: str, data_dir: str, batch: int, num_seeds: int = 1):
         config.data.data_dir = data_dir
     else:
         raise ValueError(f"--models: unknown model {model!r}; choose from {list(MODELS)}")
+    # the step timed is the causal-prior VAE's (one stage; its loss takes microbatches): the
+    # numbers in docs/PERFORMANCE.md are of this step, not of personax's two stages
+    config.model.name = "personax_vae"
+    config.loss.sparsity = "weights"   # its L1 on |W| (per-sample: the loss takes chunks)
     config.train.batch_size = int(batch)
     config.train.num_seeds = int(num_seeds)
     config.train.progress = False

@@ -204,7 +204,9 @@ def validate_against_method(config, method) -> None:
              or method.per_sample_loss, "train.microbatch_size",
              f"method {method.name!r} compares samples across the batch (its loss is not a "
              f"per-sample mean), so splitting the batch would change its objective; set "
-             f"it to 0 (or -1, auto, which keeps one pass for it)")
+             f"it to 0 (or -1, auto, which keeps one pass for it)"
+             + (" or use loss.sparsity = 'weights' (the L1 on |W|, a per-sample loss)"
+                if getattr(method, "dependence_sparsity", False) else ""))
 
 
 def validate_against_spec(config, spec) -> None:

@@ -28,6 +28,11 @@ def training_curves(metrics_path: str, out_path: str) -> str:
             ax.plot(steps, per_seed[:, i], lw=1, label=f"seed {i}")
         ax.set_title(name)
         ax.set_xlabel("step")
+        for i in range(1, len(rows)):   # a staged method: where each stage starts
+            if rows[i].get("stage") != rows[i - 1].get("stage"):
+                ax.axvline(steps[i - 1], color="grey", ls=":", lw=1)
+                ax.annotate(str(rows[i].get("stage")), (steps[i - 1], 1.0), rotation=90,
+                            xycoords=("data", "axes fraction"), va="top", fontsize=7)
         if name in ("loss", "recon") and np.all(per_seed > 0):
             ax.set_yscale("log")
     axes[0].legend(fontsize=7)

@@ -4,7 +4,10 @@
 Each stage is an ordinary run of :func:`crl_jax.train.train` (jitted, seed-vmapped,
 checkpointed, resumable) with its own checkpoint folder, its steps appended to
 ``metrics.jsonl`` after the previous stage's (``stage`` field). Rerunning the command resumes
-the stage it stopped in; finished stages are restored from their last checkpoint.
+the stage it stopped in; finished stages are restored from their last checkpoint. Stage B
+is trained on stage A's final parameters: when those change (a resume with more
+``train.steps``), the stage-B checkpoints are of the old stage A and are removed, so that stage
+B trains again (``stage_a.sha256`` in the workdir fingerprints the stage A they were built on).
 
 | stage | what trains | steps | checkpoints |
 | --- | --- | --- | --- |
@@ -14,14 +17,50 @@ the stage it stopped in; finished stages are restored from their last checkpoint
 """
 from __future__ import annotations
 
+import hashlib
+import os
+import shutil
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from crl_jax import parallel, steps, train
+from crl_jax.errors import warn
 from crl_jax.methods import personax
 
 STAGES = ("blocks", "orders", "sparsity")
+STAGE_B_DIRS = ("checkpoints_orders", "checkpoints_sparsity")
+FINGERPRINT = "stage_a.sha256"
+
+
+def fingerprint(params) -> str:
+    """sha256 of a parameter tree's values (host copies, in tree order)."""
+    digest = hashlib.sha256()
+    for leaf in jax.tree_util.tree_leaves(jax.device_get(params)):
+        digest.update(np.ascontiguousarray(leaf).tobytes())
+    return digest.hexdigest()
+
+
+def drop_stale_stage_b(workdir, params_a) -> None:
+    """Remove stage-B checkpoints built on another stage A than ``params_a`` and record the
+    fingerprint of ``params_a`` (before stage B saves anything)."""
+    if not workdir:
+        return
+    path = os.path.join(workdir, FINGERPRINT)
+    new = fingerprint(params_a)
+    old = open(path).read().strip() if os.path.exists(path) else None
+    stale = [d for d in STAGE_B_DIRS if os.path.isdir(os.path.join(workdir, d))]
+    if old is not None and old != new and stale:
+        warn(f"{workdir}: stage A changed since stage B was trained (a resume with other "
+             f"train.steps); removing {', '.join(stale)} so that stage B trains again")
+        for d in stale:
+            shutil.rmtree(os.path.join(workdir, d))
+    if old != new:
+        os.makedirs(workdir, exist_ok=True)
+        with open(path + ".tmp", "w") as f:
+            f.write(new + "\n")
+        os.replace(path + ".tmp", path)
 
 
 def stage_config(config):
@@ -67,10 +106,12 @@ def train_personax(config, workdir, method: personax.PersonaXMethod, mesh, batch
     info = {"stage_steps": {"blocks": total_a, "orders": total_b, "sparsity": total_b}}
 
     state_a, step = train.train(config, workdir, method.block, mesh, batches, data_layout,
-                                stop_after_step=stop_after_step, **loop_settings)
+                                stop_after_step=stop_after_step, stage="blocks",
+                                **loop_settings)
     if step < total_a:
         return None, info
     params_a = state_a.params
+    drop_stale_stage_b(workdir, params_a)
     stats = standardisation(method.block, params_a, batches)
     cfg_b = stage_config(config)
     stop = None if stop_after_step is None else int(stop_after_step) - total_a
@@ -84,7 +125,8 @@ def train_personax(config, workdir, method: personax.PersonaXMethod, mesh, batch
                            np.full((n_seeds, len(candidates)), lam_order))
     state1, step = train.train(cfg_b, workdir, stage1, mesh, batches, data_layout,
                                checkpoint_dir="checkpoints_orders", step_offset=total_a,
-                               initial_state=init1, stop_after_step=stop, **loop_settings)
+                               initial_state=init1, stop_after_step=stop, stage="orders",
+                               **loop_settings)
     if step < total_b:
         return None, info
     scores = jax.jit(jax.vmap(stage1.scores, in_axes=(0, None)))(state1.params, tuple(val_xs))
@@ -104,7 +146,7 @@ def train_personax(config, workdir, method: personax.PersonaXMethod, mesh, batch
     state2, step = train.train(cfg_b, workdir, stage2, mesh, batches, data_layout,
                                checkpoint_dir="checkpoints_sparsity",
                                step_offset=total_a + total_b, initial_state=init2,
-                               stop_after_step=stop, **loop_settings)
+                               stop_after_step=stop, stage="sparsity", **loop_settings)
     if step < total_b:
         return None, info
     return state2.params, info

@@ -232,7 +232,8 @@ def jit_train_steps(method, mesh, microbatches: int = 1):
 def train(config, workdir: str, method, mesh, batches, data_layout, *,
           microbatches: int = 1, steps_per_call: int = 1,
           checkpoint_dir: str = "checkpoints", metrics_file: str = "metrics.jsonl",
-          step_offset: int = 0, initial_state=None, stop_after_step=None):
+          step_offset: int = 0, initial_state=None, stop_after_step=None,
+          stage: str | None = None):
     """Train (or resume) ``method`` to ``config.train.steps``; returns (state, last step).
 
     ``batches``: an :class:`input_pipeline.BatchSource`; ``data_layout``: the shapes of the
@@ -240,7 +241,8 @@ def train(config, workdir: str, method, mesh, batches, data_layout, *,
     ``steps_per_call``: steps per dispatch (a ``lax.scan``; must divide ``train.log_every``).
     The pipelines resolve both from the config (``crl_jax.host.autotune.loop_settings``).
     ``checkpoint_dir`` (under ``workdir``), ``metrics_file`` and ``step_offset`` (added to
-    the step numbers written to the metrics) let a run call this once per training stage.
+    the step numbers written to the metrics) let a run call this once per training stage;
+    ``stage`` (a name) is then written into each metrics record.
     ``initial_state``: the state to start from when there is no checkpoint (default: a fresh
     :func:`init_state`), e.g. a later stage holding an earlier one's frozen parameters.
     ``stop_after_step`` ends the run early after checkpointing that step, as a pre-empted
@@ -305,6 +307,8 @@ def train(config, workdir: str, method, mesh, batches, data_layout, *,
                 record["steps_per_sec"] = (step - step_last) / max(now - t_last, 1e-9)
                 record["elapsed_sec"] = now - t_start
                 record["microbatches"] = int(microbatches)  # chunks per step
+                if stage is not None:
+                    record["stage"] = stage
                 t_last, step_last = now, step
                 writer.write(step + int(step_offset), record)
                 bar.set_postfix({k: f"{record[k]:.3g}" for k in ("loss", "recon", "kl", "tie")

@@ -390,8 +390,13 @@ def test_resume_with_more_steps_is_recorded_and_config_json_keeps_history(env, t
     assert saved["train"]["steps"] == 30
     first, second = saved[resume.HISTORY_KEY]
     assert first["resumed_from"] == {} and first["changed"] == {}
-    assert second["resumed_from"] == {"checkpoints": 20}
+    assert second["resumed_from"] == {"checkpoints": 20, "checkpoints_orders": 20,
+                                      "checkpoints_sparsity": 20}
     assert second["changed"] == {"train.steps": [20, 30]}
+    # stage B was built on the 20-step stage A: it is removed and trained again after step 30
+    assert "stage A changed since stage B was trained" in capsys.readouterr().err
+    steps = [json.loads(l)["step"] for l in open(tmp_path / "run" / "metrics.jsonl")]
+    assert steps == [10, 20, 30, 40, 50, 60, 70]
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["steps"] == 30
     assert report["config_changes_on_resume"][0]["changed"] == {"train.steps": [20, 30]}

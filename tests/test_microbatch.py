@@ -70,6 +70,7 @@ def test_deterministic_loss_same_update_as_one_pass(microbatches):
 def _personax(batch_size=48, num_seeds=2):
     config = synthetic_config.get_config("smoke")
     config.model.name = "personax_vae"    # a one-stage method whose loss takes microbatches
+    config.loss.sparsity = "weights"      # (the L1 on S is a batch statistic: one pass only)
     config.train.batch_size, config.train.num_seeds = batch_size, num_seeds
     process, method, mesh = experiment.setup(config, None,
                                              mesh=parallel.make_mesh(jax.devices()[:1]))
@@ -225,6 +226,8 @@ def test_auto_budget_follows_the_cpu_dispatch(monkeypatch, dispatch, expected):
 def test_training_with_microbatches_runs_and_learns(tmp_path):
     config = synthetic_config.get_config("smoke")
     config.eval.plots = False
+    config.model.name = "personax_vae"    # personax's stage A compares rows: one pass only
+    config.loss.sparsity = "weights"      # and so does the VAE's L1 on S
     config.train.microbatch_size = 16
     process, method, mesh = experiment.setup(config, str(tmp_path))
     batches = input_pipeline.BatchSource.from_process(
@@ -255,3 +258,17 @@ def test_loop_settings_resolve_auto_from_the_step_shapes_alone(monkeypatch):
     n = autotune.loop_settings(config, method, mesh, source, layout)["microbatches"]
     state = train.init_state(method, config, mesh, layout)
     assert n > 1 and n == autotune.resolve_microbatches(config, method, mesh, state, source(0))
+
+
+def test_vae_with_the_l1_on_s_is_one_pass_only(tmp_path):
+    """The L1 on the dependence S is a batch statistic (Jacobians times a batch std): chunks
+    would change the gradient, so such a config is refused; the L1 on |W| takes chunks."""
+    config = synthetic_config.get_config("smoke")
+    config.model.name = "personax_vae"
+    config.train.microbatch_size = 16
+    with pytest.raises(config_validation.ConfigError, match="loss.sparsity = 'weights'"):
+        experiment.setup(config, str(tmp_path / "s"))
+    config.loss.lambda_sparse = 0.0        # no penalty: the loss is per-sample again
+    assert experiment.setup(config, str(tmp_path / "zero"))[1].per_sample_loss
+    config.loss.lambda_sparse, config.loss.sparsity = 1.0, "weights"
+    assert experiment.setup(config, str(tmp_path / "w"))[1].per_sample_loss

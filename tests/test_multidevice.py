@@ -1,5 +1,6 @@
 """The data-parallel step on 8 (forced CPU) devices equals the single-device step, in one
-pass and with gradient accumulation over 4 microbatches (each spread over all devices)."""
+pass (personax's stage A and the causal-prior VAE) and with gradient accumulation over 4
+microbatches (the VAE; each microbatch spread over all devices)."""
 import os
 import subprocess
 import sys
@@ -13,9 +14,13 @@ SCRIPT = textwrap.dedent("""
     from configs import synthetic as cfgs
     from crl_jax import input_pipeline, parallel, train
     from crl_jax.experiments import synthetic as experiment
-    config = cfgs.get_config("smoke")
-    config.train.batch_size = 64
-    for microbatches in (1, 4):
+    # personax's stage A (InfoNCE compares rows across the batch: one pass only) and the
+    # causal-prior VAE, in one pass and in 4 microbatches
+    for name, microbatches in (("personax", 1), ("personax_vae", 1), ("personax_vae", 4)):
+        config = cfgs.get_config("smoke")
+        config.train.batch_size = 64
+        config.model.name = name
+        config.loss.sparsity = "weights"   # the VAE's L1 on |W|: a per-sample loss (chunks)
         results = []
         for devices in (jax.devices()[:1], jax.devices()):
             mesh = parallel.make_mesh(devices)

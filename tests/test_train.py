@@ -50,7 +50,10 @@ def test_main_smoke_run_writes_reports_and_plots(tmp_path):
     assert set(summary["r2_block"]) == {"m1", "m2"}
     assert "shd" in summary["graph"]
     lines = (workdir / "metrics.jsonl").read_text().strip().splitlines()
-    assert [json.loads(line)["step"] for line in lines] == [10, 20]
+    records = [json.loads(line) for line in lines]
+    # personax: stage A's 20 steps, then 20 of each stage-B phase, numbered after them
+    assert [r["step"] for r in records] == [10, 20, 30, 40, 50, 60]
+    assert [r.get("stage") for r in records] == ["blocks"] * 2 + ["orders"] * 2 + ["sparsity"] * 2
     assert "MCC (Pearson)" in (workdir / "report.md").read_text()
     events = list((workdir / "tensorboard").glob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 0, "TensorBoard summaries (tensorboardX)"
@@ -175,8 +178,8 @@ def test_loop_runs_twice_in_one_workdir_for_a_staged_method(tmp_path):
     again, step = _final_params(config, tmp_path)   # stage A's checkpoint, untouched
     assert step == 20
     jax.tree_util.tree_map(np.testing.assert_array_equal, stage_a, again)
-    assert not np.allclose(jax.tree_util.tree_leaves(stage_a)[0],
-                           jax.tree_util.tree_leaves(resumed)[0])
+    assert not all(np.allclose(a, b) for a, b in zip(jax.tree_util.tree_leaves(stage_a),
+                                                     jax.tree_util.tree_leaves(resumed)))
 
 
 def test_steps_per_call_must_divide_log_every(tmp_path):

@@ -305,7 +305,7 @@ class PersonaXMethod(Method):
             idx = choose_lambda(s["nll"], margin)
             pick = lambda tree: jax.tree.map(lambda a: a[idx], tree)
             return {"block": p["block"], "standardise": p["standardise"],
-                    "order": p["orders"][idx], "lambda": p["lambdas"][idx],
+                    "order": p["orders"][idx], "lambda": p["lambdas"][idx], "lambda_index": idx,
                     "replica": pick(p["replicas"]), "dependence": s["dependence"][idx],
                     "val_nll_path": s["nll"]}
 
@@ -315,8 +315,9 @@ class PersonaXMethod(Method):
         """Per seed: the chosen lambda, the validation NLL path over ``stage_b.lambdas``
         and each block's chosen within-block order (latent indices of the stage-A block)."""
         orders = np.asarray(params["order"])
-        return {"lambdas": self.lambdas.tolist(),
-                "lambda": np.asarray(params["lambda"]).tolist(),
+        configured = sorted(float(v) for v in self.stage_cfg.lambdas)   # as written, not float32
+        return {"lambdas": configured,
+                "lambda": [configured[int(i)] for i in np.asarray(params["lambda_index"])],
                 "val_nll_path": np.asarray(params["val_nll_path"]).tolist(),
                 "order": [np.argmax(o, axis=0).tolist() for o in orders]}
 

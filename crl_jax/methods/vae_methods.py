@@ -24,7 +24,10 @@ class VAEMethod(Method):
     model: Any = None
     loss_cfg: Any = None
     first_measurement_only: bool = False
-    per_sample_loss: bool = True      # recon, KL and tie are per-sample means; L1 is on W
+    # recon, KL and tie are per-sample means and the L1 on |W| is parameter-only; the L1 on S
+    # is not (S is a batch statistic: a mean of Jacobians times a batch std), so with it on, a
+    # step's gradient is not the mean of its chunks' gradients (build_vae sets this)
+    per_sample_loss: bool = True
 
     def prepare(self, xs):
         if self.first_measurement_only:
@@ -94,5 +97,9 @@ def build_vae_method(name: str, data_layout: vae.ModelLayout, config) -> VAEMeth
         layout=layout, encoder=m.encoder, hidden=tuple(int(h) for h in m.hidden),
         fusion=m.fusion, prior=prior, prior_hidden=int(m.prior_hidden),
         flow_units=int(m.flow_units))
-    return VAEMethod(name=name, layout=layout, model=model, loss_cfg=config.loss,
-                     first_measurement_only=first_only)
+    method = VAEMethod(name=name, layout=layout, model=model, loss_cfg=config.loss,
+                       first_measurement_only=first_only)
+    penalised = (float(config.loss.get("lambda_sparse", 0.0)) > 0
+                 or float(config.loss.get("lambda_sparse_within", 0.0)) > 0)
+    return dataclasses.replace(method,
+                               per_sample_loss=not (method.dependence_sparsity and penalised))
