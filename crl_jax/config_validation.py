@@ -196,6 +196,7 @@ def _validate_stage_b(config) -> None:
     _at_least(config, "stage_b.max_orders", 1)
     _non_negative(config, "stage_b.nll_margin")
     _at_least(config, "stage_b.penalty_rows", 2, " (S needs a spread over rows)")
+    _non_negative(config, "stage_b.anchor")
 
 
 def validate_against_method(config, method) -> None:

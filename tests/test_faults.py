@@ -419,8 +419,9 @@ def test_torn_metrics_line_is_dropped(env, tmp_path, capsys):
     _append("metrics.jsonl", '{"step": 2')(env, str(tmp_path))
     assert crl_main.main(["main", *FAST, f"--workdir={tmp_path}/run",
                           "--config.train.steps=30"]) == 0
+    assert "not a complete JSON record" in capsys.readouterr().err
     steps = [json.loads(l)["step"] for l in open(tmp_path / "run" / "metrics.jsonl")]
-    assert steps == [10, 20, 30]
+    assert steps == [10, 20, 30, 40, 50, 60, 70]     # stage A to 30, then stage B again
 
 
 def test_lock_is_released_after_a_run_and_after_an_error(env, tmp_path, capsys):
@@ -501,7 +502,7 @@ BAD_VALUE = {
     "stage_b.grad_clip": 0.0, "stage_b.flow_layers": -1, "stage_b.flow_hidden": 0,
     "stage_b.prior_hidden": 0, "stage_b.flow_units": -1, "stage_b.lambdas": (0.1, -1.0),
     "stage_b.order_lambda": -0.5, "stage_b.max_orders": 0, "stage_b.nll_margin": -0.1,
-    "stage_b.penalty_rows": 1,
+    "stage_b.penalty_rows": 1, "stage_b.anchor": -0.1,
 }
 
 

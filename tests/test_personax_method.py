@@ -170,6 +170,29 @@ def test_component_replicas_do_not_interact():
         np.testing.assert_allclose(a[0], b[0], rtol=1e-5, atol=1e-6)
 
 
+def test_anchor_adds_the_squared_drift_from_stage_a_coordinates():
+    """stage_b.anchor * mean ||zhat - r P||^2: zero at the identity flow, and exactly that
+    term once the flow has moved (the NLL and the penalty are unchanged by it)."""
+    import dataclasses
+    method, config, layout = _case1_method()
+    stage = method.component_stage(1)
+    xs = tuple(jax.random.normal(jax.random.PRNGKey(i), (64, 3) + s)
+               for i, s in enumerate(layout.obs_shapes))
+    params = stage.init(jax.random.PRNGKey(0), xs)
+    anchored = dataclasses.replace(stage, anchor=2.0)
+    for p in (params, dict(params, replicas=jax.tree.map(
+            lambda a: a + 0.2 * jax.random.normal(jax.random.PRNGKey(a.size), a.shape),
+            params["replicas"]))):
+        plain = stage.loss(p, xs, None)[0]
+        with_anchor = anchored.loss(p, xs, None)[0]
+        r = stage.representation(p, xs)
+        zhat, _, _ = stage.replica_terms(jax.tree.map(lambda a: a[0], p["replicas"]),
+                                         p["orders"][0], r)
+        drift = float(jnp.mean(jnp.sum((zhat - r @ p["orders"][0]) ** 2, -1)))
+        np.testing.assert_allclose(float(with_anchor - plain), 2.0 * drift, rtol=1e-4, atol=1e-6)
+    assert drift > 1e-3      # the perturbed flow moved
+
+
 # ---------------------------------------------------------------------- the staged run
 def test_staged_run_reports_its_choices_and_resumes_inside_stage_b(tmp_path):
     """One command trains stage A and both stage-B phases (each in its own checkpoint

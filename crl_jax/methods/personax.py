@@ -144,6 +144,7 @@ class ComponentStage(Method):
     prior: Any = None
     n_replicas: int = 1
     penalty_rows: int = 128
+    anchor: float = 0.0
     learning_rate: float = 1e-3
     warmup_steps: int = 100
     grad_clip: float = 1.0
@@ -213,7 +214,12 @@ class ComponentStage(Method):
         zhat, nll_dims, log_det = self.replica_terms(replica, order, r)
         nll = jnp.mean(jnp.sum(nll_dims, -1) - jnp.sum(log_det, -1))
         penalty = jnp.sum(self.dependence(replica, zhat[:self.penalty_rows]) * self.cross_mask)
-        return nll + jax.lax.stop_gradient(lam) * penalty, (nll, penalty)
+        # stage_b.anchor: among maps of (nearly) equal likelihood, prefer the one nearest to
+        # stage A's coordinates (the likelihood cannot tell a latent from it plus a function of
+        # its within-block parents; docs/MODEL.md section 2a)
+        drift = jnp.mean(jnp.sum((zhat - r @ jax.lax.stop_gradient(order)) ** 2, -1))
+        loss = nll + jax.lax.stop_gradient(lam) * penalty + self.anchor * drift
+        return loss, (nll, penalty)
 
     def loss(self, params, xs, key):
         del key
@@ -273,6 +279,7 @@ class PersonaXMethod(Method):
         return ComponentStage(
             name=f"{self.name}_stage_b", layout=self.layout, block=self.block, flow=self.flow,
             prior=self.prior, n_replicas=int(n_replicas), penalty_rows=int(c.penalty_rows),
+            anchor=float(c.get("anchor", 0.0)),
             learning_rate=float(c.learning_rate), warmup_steps=int(c.warmup_steps),
             grad_clip=float(c.grad_clip))
 
