@@ -59,7 +59,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.stage_b.max_orders = 24             # candidate orders per block at most
     config.stage_b.nll_margin = 0.03           # nats per latent dim (choose_lambda)
     config.stage_b.penalty_rows = 128          # rows of the batch on which S is penalised
-    config.stage_b.anchor = 0.0                # weight of the squared drift from stage A's coordinates
+    config.stage_b.anchor = 0.1                # squared drift from stage A's coordinates (MODEL.md 2a)
 
     config.loss = ml_collections.ConfigDict()
     config.loss.recon_std = 0.2                # std of the Gaussian likelihood (chosen on val MCC)
