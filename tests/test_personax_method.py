@@ -179,6 +179,7 @@ def test_anchor_adds_the_squared_drift_from_stage_a_coordinates():
     xs = tuple(jax.random.normal(jax.random.PRNGKey(i), (64, 3) + s)
                for i, s in enumerate(layout.obs_shapes))
     params = stage.init(jax.random.PRNGKey(0), xs)
+    stage = dataclasses.replace(stage, anchor=0.0)
     anchored = dataclasses.replace(stage, anchor=2.0)
     for p in (params, dict(params, replicas=jax.tree.map(
             lambda a: a + 0.2 * jax.random.normal(jax.random.PRNGKey(a.size), a.shape),
