@@ -8,6 +8,9 @@ the stage it stopped in; finished stages are restored from their last checkpoint
 is trained on stage A's final parameters: when those change (a resume with more
 ``train.steps``), the stage-B checkpoints are of the old stage A and are removed, so that stage
 B trains again (``stage_a.sha256`` in the workdir fingerprints the stage A they were built on).
+``restore_only=True`` (diagnostics of a finished run, :mod:`crl_jax.remixing`) restores the three
+stages and refuses, without training or writing anything, when one is unfinished or stage A's
+fingerprint differs from the recorded one.
 
 | stage | what trains | steps | checkpoints |
 | --- | --- | --- | --- |
@@ -25,8 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from crl_jax import parallel, steps, train
-from crl_jax.errors import warn
+from crl_jax import checkpointing, parallel, steps, train
+from crl_jax.errors import CheckpointError, ResumeError, warn
 from crl_jax.methods import personax
 
 STAGES = ("blocks", "orders", "sparsity")
@@ -42,14 +45,22 @@ def fingerprint(params) -> str:
     return digest.hexdigest()
 
 
-def drop_stale_stage_b(workdir, params_a) -> None:
+def drop_stale_stage_b(workdir, params_a, *, restore_only: bool = False) -> None:
     """Remove stage-B checkpoints built on another stage A than ``params_a`` and record the
-    fingerprint of ``params_a`` (before stage B saves anything)."""
+    fingerprint of ``params_a`` (before stage B saves anything). ``restore_only``: write and
+    remove nothing; ResumeError when the recorded fingerprint is missing or differs."""
     if not workdir:
         return
     path = os.path.join(workdir, FINGERPRINT)
     new = fingerprint(params_a)
     old = open(path).read().strip() if os.path.exists(path) else None
+    if restore_only:
+        if old != new:
+            raise ResumeError(
+                f"{workdir}: stage A's parameters (sha256 {new[:12]}) are not the ones stage B "
+                f"was trained on ({path}: {'missing' if old is None else old[:12]}); refusing "
+                f"to restore (restore_only: a normal rerun would retrain stage B)")
+        return
     stale = [d for d in STAGE_B_DIRS if os.path.isdir(os.path.join(workdir, d))]
     if old is not None and old != new and stale:
         warn(f"{workdir}: stage A changed since stage B was trained (a resume with other "
@@ -61,6 +72,25 @@ def drop_stale_stage_b(workdir, params_a) -> None:
         with open(path + ".tmp", "w") as f:
             f.write(new + "\n")
         os.replace(path + ".tmp", path)
+
+
+def require_finished(workdir, subdir: str, total: int, stage: str) -> None:
+    """CheckpointError unless ``workdir/subdir`` holds an intact checkpoint at step >= ``total``
+    as its newest (read-only: what :func:`crl_jax.train.train` would restore)."""
+    folder = os.path.join(workdir or "", subdir)
+    found = ([int(d) for d in os.listdir(folder)
+              if d.isdigit() and os.path.isdir(os.path.join(folder, d))]
+             if workdir and os.path.isdir(folder) else [])
+    last = max(found) if found else None
+    if last is None or last < int(total):
+        raise CheckpointError(
+            f"{folder}: stage {stage} is unfinished (newest checkpoint "
+            f"{'none' if last is None else f'step {last}'}, needs step {int(total)}); refusing "
+            f"to train (restore_only): finish the run with its training command first")
+    problem = checkpointing.damage(os.path.join(folder, str(last)))
+    if problem is not None:
+        raise CheckpointError(f"{folder}: the checkpoint of step {last} is damaged ({problem}); "
+                              f"refusing to repair it (restore_only)")
 
 
 def stage_config(config):
@@ -95,15 +125,23 @@ def _initial_state(stage, config, mesh, data_layout, params_a, stats, orders, la
 
 
 def train_personax(config, workdir, method: personax.PersonaXMethod, mesh, batches,
-                   data_layout, val_xs, *, loop_settings=None, stop_after_step=None):
+                   data_layout, val_xs, *, loop_settings=None, stop_after_step=None,
+                   restore_only: bool = False):
     """Train both stages; returns ``(stage-B params of the sparsity phase, info)`` or
     ``(None, info)`` when stopped early. ``val_xs``: the validation sample's observations
-    (the order choice between the phases reads them)."""
+    (the order choice between the phases reads them). ``restore_only``: restore finished
+    stages only; raise (CheckpointError / ResumeError) instead of training, repairing or
+    writing anything when a stage is unfinished or stage A's fingerprint differs."""
     loop_settings = dict(loop_settings or {})
     loop_settings.pop("microbatches", None)    # InfoNCE and the replicas' penalty compare rows
     n_seeds = int(config.train.num_seeds)
     total_a, total_b = int(config.train.steps), int(config.stage_b.steps)
     info = {"stage_steps": {"blocks": total_a, "orders": total_b, "sparsity": total_b}}
+    if restore_only:   # all three checked before anything is restored
+        for subdir, stage, total in (("checkpoints", "blocks", total_a),
+                                     (STAGE_B_DIRS[0], "orders", total_b),
+                                     (STAGE_B_DIRS[1], "sparsity", total_b)):
+            require_finished(workdir, subdir, total, stage)
 
     state_a, step = train.train(config, workdir, method.block, mesh, batches, data_layout,
                                 stop_after_step=stop_after_step, stage="blocks",
@@ -111,7 +149,7 @@ def train_personax(config, workdir, method: personax.PersonaXMethod, mesh, batch
     if step < total_a:
         return None, info
     params_a = state_a.params
-    drop_stale_stage_b(workdir, params_a)
+    drop_stale_stage_b(workdir, params_a, restore_only=restore_only)
     stats = standardisation(method.block, params_a, batches)
     cfg_b = stage_config(config)
     stop = None if stop_after_step is None else int(stop_after_step) - total_a
