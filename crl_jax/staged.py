@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from crl_jax import checkpointing, parallel, steps, train
+from crl_jax import checkpointing, parallel, resume, steps, train
 from crl_jax.errors import CheckpointError, ResumeError, warn
 from crl_jax.methods import personax
 
@@ -78,10 +78,7 @@ def require_finished(workdir, subdir: str, total: int, stage: str) -> None:
     """CheckpointError unless ``workdir/subdir`` holds an intact checkpoint at step >= ``total``
     as its newest (read-only: what :func:`crl_jax.train.train` would restore)."""
     folder = os.path.join(workdir or "", subdir)
-    found = ([int(d) for d in os.listdir(folder)
-              if d.isdigit() and os.path.isdir(os.path.join(folder, d))]
-             if workdir and os.path.isdir(folder) else [])
-    last = max(found) if found else None
+    last = resume.progress(workdir).get(subdir) if workdir else None
     if last is None or last < int(total):
         raise CheckpointError(
             f"{folder}: stage {stage} is unfinished (newest checkpoint "

@@ -291,8 +291,13 @@ class PersonaXMethod(Method):
         return order_candidates(self.block_sizes, int(self.stage_cfg.max_orders))
 
     @property
+    def configured_lambdas(self) -> list[float]:
+        """``stage_b.lambdas`` sorted, as written (the replicas hold float32 copies)."""
+        return sorted(float(v) for v in self.stage_cfg.lambdas)
+
+    @property
     def lambdas(self) -> np.ndarray:
-        return np.asarray(sorted(float(v) for v in self.stage_cfg.lambdas), np.float32)
+        return np.asarray(self.configured_lambdas, np.float32)
 
     # Trained by its stages; as a Method it is only evaluated.
     def init(self, key, xs):
@@ -312,7 +317,7 @@ class PersonaXMethod(Method):
             idx = choose_lambda(s["nll"], margin)
             pick = lambda tree: jax.tree.map(lambda a: a[idx], tree)
             return {"block": p["block"], "standardise": p["standardise"],
-                    "order": p["orders"][idx], "lambda": p["lambdas"][idx], "lambda_index": idx,
+                    "order": p["orders"][idx], "lambda_index": idx,
                     "replica": pick(p["replicas"]), "dependence": s["dependence"][idx],
                     "val_nll_path": s["nll"]}
 
@@ -322,7 +327,7 @@ class PersonaXMethod(Method):
         """Per seed: the chosen lambda, the validation NLL path over ``stage_b.lambdas``
         and each block's chosen within-block order (latent indices of the stage-A block)."""
         orders = np.asarray(params["order"])
-        configured = sorted(float(v) for v in self.stage_cfg.lambdas)   # as written, not float32
+        configured = self.configured_lambdas
         return {"lambdas": configured,
                 "lambda": [configured[int(i)] for i in np.asarray(params["lambda_index"])],
                 "val_nll_path": np.asarray(params["val_nll_path"]).tolist(),
