@@ -54,11 +54,13 @@ def base_config() -> ml_collections.ConfigDict:
     config.stage_b.flow_hidden = 32
     config.stage_b.prior_hidden = 16           # the causal prior's noise models
     config.stage_b.flow_units = 0
+    config.stage_b.prior_init = 0.3            # initial weight of every allowed edge of the prior
     config.stage_b.lambdas = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)   # the sparsity path
     config.stage_b.order_lambda = 0.3          # lambda of the within-block order search
     config.stage_b.max_orders = 24             # candidate orders per block at most
     config.stage_b.nll_margin = 0.03           # nats per latent dim (choose_lambda)
     config.stage_b.penalty_rows = 128          # rows of the batch on which S is penalised
+    config.stage_b.within_weight = 0.0         # S of within-block edges in the penalty (cross: 1)
     config.stage_b.anchor = 0.1                # squared drift from stage A's coordinates (MODEL.md 2a)
 
     config.loss = ml_collections.ConfigDict()

@@ -189,6 +189,7 @@ def _validate_stage_b(config) -> None:
     _at_least(config, "stage_b.flow_hidden", 1)
     _at_least(config, "stage_b.prior_hidden", 1)
     _at_least(config, "stage_b.flow_units", 0, " (0: no flow)")
+    _positive(config, "stage_b.prior_init")
     lams = tuple(b.lambdas)
     _require(len(lams) >= 1 and all(math.isfinite(_number(v)) and _number(v) >= 0 for v in lams),
              "stage_b.lambdas", f"needs one or more finite lambdas >= 0, got {lams}")
@@ -197,6 +198,7 @@ def _validate_stage_b(config) -> None:
     _non_negative(config, "stage_b.nll_margin")
     _at_least(config, "stage_b.penalty_rows", 2, " (S needs a spread over rows)")
     _non_negative(config, "stage_b.anchor")
+    _non_negative(config, "stage_b.within_weight")
 
 
 def validate_against_method(config, method) -> None:

@@ -46,8 +46,11 @@ def _mean_std(values) -> dict:
 
 def evaluate_latents(true: dict, est: dict, true_blocks: dict, est_blocks: dict,
                      true_adjacency: np.ndarray, est_weights: np.ndarray | None,
-                     eval_cfg) -> dict:
-    """Metrics of one replica. ``true``/``est``: {split: (n, D)} arrays."""
+                     eval_cfg, identifiable: np.ndarray | None = None) -> dict:
+    """Metrics of one replica. ``true``/``est``: {split: (n, D)} arrays. ``identifiable``
+    (D_true,) bool: the latents the cross-modal sparsity can identify
+    (:func:`crl_jax.metrics.identifiability.sparsity_identified`); with it the Pearson MCC
+    is also reported over those latents and over the others."""
     out = {}
     for method in ("pearson", "spearman"):
         res = metrics.mcc_out_of_sample(true["val"], est["val"], true["test"], est["test"],
@@ -56,6 +59,13 @@ def evaluate_latents(true: dict, est: dict, true_blocks: dict, est_blocks: dict,
         out[f"mcc_{method}_per_block"] = dict(res.per_block)
         if method == "pearson":
             matching = res.matching
+            per_latent = np.full(true["test"].shape[1], np.nan)
+            per_latent[matching.true_idx] = res.per_component
+            out["mcc_pearson_per_latent"] = per_latent.tolist()
+            if identifiable is not None:
+                for key, mask in (("identifiable", identifiable), ("not_identifiable", ~identifiable)):
+                    out[f"mcc_pearson_{key}"] = (float(np.nanmean(per_latent[mask]))
+                                                 if mask.any() else float("nan"))
             out["matching"] = {"true_idx": matching.true_idx.tolist(),
                                "est_idx": matching.est_idx.tolist(),
                                "signs": matching.signs.tolist()}
@@ -92,6 +102,9 @@ def summarise_seeds(per_seed: list[dict]) -> dict:
         summary[f"{key}_per_block"] = {
             b: _mean_std([r[f"{key}_per_block"][b] for r in per_seed])
             for b in per_seed[0][f"{key}_per_block"]}
+    for key in ("mcc_pearson_identifiable", "mcc_pearson_not_identifiable"):
+        if all(key in r for r in per_seed):
+            summary[key] = _mean_std([r[key] for r in per_seed])
     for key in ("r2_block", "r2_block_reverse"):
         summary[key] = {b: _mean_std([r[key][b] for r in per_seed]) for b in per_seed[0][key]}
     if all("graph" in r for r in per_seed):
@@ -118,16 +131,20 @@ def evaluate_run(method, params, process, config) -> dict:
            for s in SPLITS}
     true = {s: np.asarray(samples[s].z, np.float64) for s in SPLITS}
     adjacency = np.asarray(process.adjacency)
+    identifiable = metrics.sparsity_identified(adjacency, process.spec.block_ids(),
+                                               process.spec.cross_edges_mask())
     n_seeds = next(iter(est.values())).shape[0]
     per_seed = []
     for i in range(n_seeds):
         weights = None if adjacency_weights is None else np.asarray(adjacency_weights[i])
         per_seed.append(evaluate_latents(true, {s: est[s][i] for s in SPLITS}, spec_blocks,
-                                         model_blocks, adjacency, weights, eval_cfg))
+                                         model_blocks, adjacency, weights, eval_cfg,
+                                         identifiable))
     oracle = metrics.oracle_ceiling(tuple(true[s] for s in SPLITS), spec_blocks,
                                     kind=eval_cfg.r2_kind,
                                     n_components=int(eval_cfg.kernel_components))
     return {"per_seed": per_seed, "summary": summarise_seeds(per_seed),
             "oracle_r2_ceiling": oracle, "true_adjacency": adjacency.astype(int).tolist(),
+            "identifiable": identifiable.tolist(),
             "choices": method.choices(params),
             "test_latents": {"true": true["test"], "est": est["test"]}}

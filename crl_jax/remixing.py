@@ -38,6 +38,7 @@ import numpy as np
 
 from crl_jax import cli
 from crl_jax.errors import UsageError, WorkdirError
+from crl_jax.metrics.identifiability import descendants
 
 PROG = "python -m crl_jax.remixing"
 KEYS = ("a", "a_s", "b", "c", "c2", "f", "e", "d")
@@ -98,14 +99,6 @@ def graph_relations(adj: np.ndarray, block_of: np.ndarray) -> list[dict]:
                     "children_within": [int(c) for c in ch if same(c)],
                     "children_cross": [int(c) for c in ch if not same(c)]})
     return out
-
-
-def descendants(adj: np.ndarray) -> np.ndarray:
-    """reach[i, j]: j is a descendant of i."""
-    reach = adj.T.astype(bool)
-    for _ in range(adj.shape[0]):
-        reach = reach | ((reach.astype(int) @ reach.astype(int)) > 0)
-    return reach
 
 
 def analyse(workdir: str, n_components: int = 500, log=print) -> dict:

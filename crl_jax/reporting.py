@@ -81,6 +81,14 @@ def _markdown_synthetic(report: dict) -> str:
     row("MCC (Spearman)", s["mcc_spearman"])
     for b, stat in s["mcc_pearson_per_block"].items():
         row(f"MCC {b}", stat)
+    identifiable = report["evaluation"].get("identifiable")
+    if identifiable is not None and "mcc_pearson_identifiable" in s:
+        k, d = int(sum(identifiable)), len(identifiable)
+        row(f"MCC, the {k} of {d} latents cross-modal sparsity can identify",
+            s["mcc_pearson_identifiable"])
+        if k < d:
+            row(f"MCC, the other {d - k} (a within-block remix keeps their cross-modal graph: "
+                "crl_jax.metrics.identifiability)", s["mcc_pearson_not_identifiable"])
     for b, stat in s["r2_block"].items():
         row(f"R² true {b} <- est {b}", stat)
     for b, stat in s["r2_block_reverse"].items():

@@ -63,3 +63,21 @@ def test_estimate_with_fewer_dimensions_has_no_graph_score():
                                       {"a": slice(0, 2), "b": slice(2, 3)}, TRUE_ADJ,
                                       np.zeros((3, 3)), EVAL_CFG)
     assert "graph" not in out
+
+
+def test_mcc_is_split_into_the_latents_sparsity_can_identify_and_the_others():
+    rng = np.random.default_rng(2)
+    true, est = _splits(rng, 0)
+    for split in evaluation.SPLITS:          # remix true latent 3 with latent 2 (est column 3)
+        est[split][:, 3] = true[split][:, 3] + 1.5 * np.tanh(true[split][:, 2])
+    identifiable = np.array([True, True, True, False])
+    out = evaluation.evaluate_latents(true, est, {"a": slice(0, 2), "b": slice(2, 4)},
+                                      {"a": slice(0, 2), "b": slice(2, 4)}, TRUE_ADJ, None,
+                                      EVAL_CFG, identifiable)
+    per_latent = np.asarray(out["mcc_pearson_per_latent"])
+    assert per_latent[:3].min() > 0.999 and per_latent[3] < 0.8
+    assert out["mcc_pearson_identifiable"] == np.mean(per_latent[:3])
+    assert out["mcc_pearson_not_identifiable"] == per_latent[3]
+    assert np.isclose(out["mcc_pearson"], per_latent.mean())
+    summary = evaluation.summarise_seeds([out, out])
+    assert summary["mcc_pearson_not_identifiable"]["per_seed"] == [per_latent[3]] * 2

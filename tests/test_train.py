@@ -54,7 +54,12 @@ def test_main_smoke_run_writes_reports_and_plots(tmp_path):
     # personax: stage A's 20 steps, then 20 of each stage-B phase, numbered after them
     assert [r["step"] for r in records] == [10, 20, 30, 40, 50, 60]
     assert [r.get("stage") for r in records] == ["blocks"] * 2 + ["orders"] * 2 + ["sparsity"] * 2
-    assert "MCC (Pearson)" in (workdir / "report.md").read_text()
+    text = (workdir / "report.md").read_text()
+    assert "MCC (Pearson)" in text
+    # case1's graph: z1 -> z0 -> z2 across, z3 alone; only block m1 is pinned by the sparsity
+    assert report["evaluation"]["identifiable"] == [True, True, False, False]
+    assert "MCC, the 2 of 4 latents cross-modal sparsity can identify" in text
+    assert len(summary["mcc_pearson_identifiable"]["per_seed"]) == 2
     events = list((workdir / "tensorboard").glob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 0, "TensorBoard summaries (tensorboardX)"
 

@@ -145,6 +145,7 @@ class ComponentStage(Method):
     n_replicas: int = 1
     penalty_rows: int = 128
     anchor: float = 0.0
+    within_weight: float = 0.0
     learning_rate: float = 1e-3
     warmup_steps: int = 100
     grad_clip: float = 1.0
@@ -156,6 +157,13 @@ class ComponentStage(Method):
     @property
     def allowed_mask(self) -> np.ndarray:
         return self.layout.allowed_mask().astype(np.float32)
+
+    @property
+    def penalty_mask(self) -> np.ndarray:
+        """Weight of each edge's S in the sparsity penalty: 1 on cross-modal edges,
+        ``within_weight`` on the other allowed ones (within a block, from ``s``)."""
+        cross = self.cross_mask
+        return cross + float(self.within_weight) * (self.allowed_mask - cross)
 
     @property
     def block_sizes(self) -> tuple[int, ...]:
@@ -213,7 +221,7 @@ class ComponentStage(Method):
     def replica_loss(self, replica, order, lam, r):
         zhat, nll_dims, log_det = self.replica_terms(replica, order, r)
         nll = jnp.mean(jnp.sum(nll_dims, -1) - jnp.sum(log_det, -1))
-        penalty = jnp.sum(self.dependence(replica, zhat[:self.penalty_rows]) * self.cross_mask)
+        penalty = jnp.sum(self.dependence(replica, zhat[:self.penalty_rows]) * self.penalty_mask)
         # stage_b.anchor: among maps of (nearly) equal likelihood, prefer the one nearest to
         # stage A's coordinates (the likelihood cannot tell a latent from it plus a function of
         # its within-block parents; docs/MODEL.md section 2a)
@@ -241,7 +249,7 @@ class ComponentStage(Method):
         def one(replica, order, lam):
             zhat, nll_dims, log_det = self.replica_terms(replica, order, r)
             dep = self.dependence(replica, zhat[:2000])
-            cross_in = jnp.sum(dep * self.cross_mask, axis=1)          # per child dim
+            cross_in = jnp.sum(dep * self.penalty_mask, axis=1)        # per child dim
             block_nll = jnp.mean(nll_dims, 0) @ masks.T - jnp.mean(log_det, 0)
             return {"nll": jnp.mean(jnp.sum(nll_dims, -1) - jnp.sum(log_det, -1)),
                     "penalty": jnp.sum(cross_in),
@@ -279,7 +287,7 @@ class PersonaXMethod(Method):
         return ComponentStage(
             name=f"{self.name}_stage_b", layout=self.layout, block=self.block, flow=self.flow,
             prior=self.prior, n_replicas=int(n_replicas), penalty_rows=int(c.penalty_rows),
-            anchor=float(c.get("anchor", 0.0)),
+            anchor=float(c.get("anchor", 0.0)), within_weight=float(c.get("within_weight", 0.0)),
             learning_rate=float(c.learning_rate), warmup_steps=int(c.warmup_steps),
             grad_clip=float(c.grad_clip))
 
@@ -350,6 +358,7 @@ def build_personax(name: str, data_layout, config) -> PersonaXMethod:
     mask = tuple(tuple(bool(v) for v in row) for row in layout.allowed_mask())
     sizes = tuple(sl.stop - sl.start for sl in layout.block_slices.values())
     flow = flows.LatentFlow(sizes, n_layers=int(c.flow_layers), hidden=int(c.flow_hidden))
-    prior = cp.CausalPrior(mask, hidden=int(c.prior_hidden), flow_units=int(c.flow_units))
+    prior = cp.CausalPrior(mask, hidden=int(c.prior_hidden), flow_units=int(c.flow_units),
+                           adjacency_init=float(c.get("prior_init", 0.3)))
     return PersonaXMethod(name=name, layout=layout, block=block, flow=flow, prior=prior,
                           stage_cfg=c)

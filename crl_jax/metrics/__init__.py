@@ -3,6 +3,7 @@
 * :mod:`crl_jax.metrics.mcc`: mean correlation coefficient with Hungarian matching.
 * :mod:`crl_jax.metrics.block_r2`: block R^2 (linear, Nystroem RBF kernel ridge), leakage, oracle ceiling.
 * :mod:`crl_jax.metrics.graph`: SHD / precision / recall / F1 and alignment of a learned graph.
+* :mod:`crl_jax.metrics.identifiability`: which true latents the cross-modal sparsity can identify.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from crl_jax.metrics.block_r2 import (
     random_invertible_map,
 )
 from crl_jax.metrics.graph import align_to_true, graph_scores, shd, threshold_adjacency
+from crl_jax.metrics.identifiability import remix_partners, sparsity_identified
 from crl_jax.metrics.mcc import (
     Matching,
     MCCResult,
@@ -39,6 +41,8 @@ __all__ = [
     "mcc_out_of_sample",
     "oracle_ceiling",
     "random_invertible_map",
+    "remix_partners",
     "shd",
+    "sparsity_identified",
     "threshold_adjacency",
 ]
