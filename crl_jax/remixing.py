@@ -45,6 +45,12 @@ KEYS = ("a", "a_s", "b", "c", "c2", "f", "e", "d")
 R2_KEYS = ("b", "c", "c2", "f", "e", "d")
 
 
+# stage_b fields added after the first personax runs, with the value those runs trained
+# with (restore reads the trained parameters from the checkpoints; only validation needs them)
+TRAINED_WITH_BEFORE = {"stage_b.anchor": 0.0, "stage_b.prior_init": 0.3,
+                       "stage_b.within_weight": 0.0}
+
+
 def load_config(workdir: str):
     """The run's config (``config.json`` without its start history); WorkdirError when the
     workdir holds no personax run."""
@@ -57,6 +63,9 @@ def load_config(workdir: str):
         raise WorkdirError(f"{workdir} has no config.json: not the workdir of a finished run "
                            f"(python -m crl_jax.main --config=configs/synthetic.py ...)")
     saved.pop(resume.HISTORY_KEY, None)
+    for field, value in TRAINED_WITH_BEFORE.items():   # runs older than these fields
+        section, key = field.split(".")
+        saved.setdefault(section, {}).setdefault(key, value)
     name = (saved.get("model") or {}).get("name")
     if name != "personax":
         raise WorkdirError(f"{workdir} holds a {name!r} run, not a personax one "

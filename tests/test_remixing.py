@@ -78,6 +78,27 @@ def test_remixing_reproduces_the_report_and_touches_no_checkpoint(finished_run, 
     assert sum(line.startswith(f"| {n} |") for n in out["names"] for line in md.splitlines()) == D
 
 
+def test_a_run_older_than_the_newer_stage_b_fields_is_still_restored(finished_run, tmp_path):
+    import shutil
+    from crl_jax import remixing
+    workdir, _ = finished_run
+    old = str(tmp_path / "old")
+    shutil.copytree(workdir, old)
+    path = os.path.join(old, "config.json")
+    with open(path) as f:
+        saved = json.load(f)
+    for key in remixing.TRAINED_WITH_BEFORE:
+        del saved["stage_b"][key.split(".")[1]]
+    with open(path, "w") as f:
+        json.dump(saved, f)
+    assert remixing.main(["remixing", old, "--n_components", "100", "--out", str(tmp_path / "o")]) == 0
+    with open(os.path.join(tmp_path, "o", "remixing.json")) as f:
+        out = json.load(f)
+    with open(os.path.join(workdir, "report.json")) as f:
+        ref = [s["mcc_pearson"] for s in json.load(f)["evaluation"]["per_seed"]]
+    np.testing.assert_allclose(out["mcc"], ref, atol=1e-6, rtol=0)
+
+
 def test_restore_only_refuses_a_changed_stage_a_and_deletes_nothing(finished_run, tmp_path):
     import shutil
 

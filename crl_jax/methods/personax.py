@@ -359,6 +359,6 @@ def build_personax(name: str, data_layout, config) -> PersonaXMethod:
     sizes = tuple(sl.stop - sl.start for sl in layout.block_slices.values())
     flow = flows.LatentFlow(sizes, n_layers=int(c.flow_layers), hidden=int(c.flow_hidden))
     prior = cp.CausalPrior(mask, hidden=int(c.prior_hidden), flow_units=int(c.flow_units),
-                           adjacency_init=float(c.get("prior_init", 0.3)))
+                           adjacency_init=float(c.prior_init))
     return PersonaXMethod(name=name, layout=layout, block=block, flow=flow, prior=prior,
                           stage_cfg=c)
