@@ -17,7 +17,10 @@ plus ``lambda * sum_{cross-modal i, j} S_ij``, where ``S_ij = E|d eps_i / d zhat
 is the scale-free dependence of noise ``i`` on latent ``j`` (``causal_prior.dependence``). The
 sparsity of the cross-modal graph is what the theory needs for component-wise
 identifiability; penalising ``S`` rather than the adjacency weights ``W`` means a small
-``W`` cannot be undone by large weights after it. The graph is read from ``S`` on the
+``W`` cannot be undone by large weights after it. ``stage_b.within_weight`` adds the other
+allowed edges to the penalty at that weight (0 by default: measured worse, docs/MODEL.md 2a).
+The prior starts with every allowed edge at ``stage_b.prior_init``: at the VAE's small value
+its noise models stay nearly linear, the prior under-fits and the flows drift to suit it. The graph is read from ``S`` on the
 validation sample (``S_ij > eval.graph_threshold`` is the edge ``j -> i``).
 
 The prior's latent order is fixed (edges only from earlier to later latents), so the order
@@ -235,6 +238,7 @@ class ComponentStage(Method):
         losses, (nll, penalty) = jax.vmap(self.replica_loss, in_axes=(0, 0, 0, None))(
             params["replicas"], params["orders"], params["lambdas"], r)
         total = jnp.sum(losses)   # replicas are independent: each gets its own gradient
+        # "cross_dependence": the penalised S (cross-modal, plus within_weight x the rest)
         return total, {"loss": jnp.mean(losses), "nll": jnp.mean(nll),
                        "cross_dependence": jnp.mean(penalty)}
 
