@@ -164,9 +164,11 @@ def test_sweep_index_resume_skip_and_aggregation(tmp_path, capsys):
     assert list(df["seed"]) == [0, 1, 0, 1]
     for col in ("mcc_pearson", "mcc_spearman", "mcc_pearson_val", "mcc_pearson_m1",
                 "mcc_pearson_m2", "r2_m1", "r2_m2", "r2_mean", "r2_m1_from_m2", "r2_m2_from_m1",
-                "shd", "f1", "train_seconds"):
+                "shd", "f1", "train_seconds", "mcc_pearson_identifiable",
+                "mcc_pearson_not_identifiable"):
         assert col in df.columns, col
     assert (df[df["model.name"] == "oracle"]["mcc_spearman"] > 0.99).all()
+    assert df[["mcc_pearson_identifiable", "mcc_pearson_not_identifiable"]].notna().all().all()
     assert df["shd"].isna().all()   # no method here learns a graph
     summary = (tmp_path / "summary.md").read_text()
     assert "2 of 2 runs finished" in summary

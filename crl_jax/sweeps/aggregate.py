@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 
 # Columns of summary.md (when present), in order.
-SUMMARY_METRICS = ("mcc_pearson", "mcc_spearman", "mcc_pearson_val", "r2_mean", "shd", "f1",
-                   "train_seconds")
+SUMMARY_METRICS = ("mcc_pearson", "mcc_spearman", "mcc_pearson_val", "mcc_pearson_identifiable",
+                   "mcc_pearson_not_identifiable", "r2_mean", "shd", "f1", "train_seconds")
 
 
 def _rows_of_report(report: dict, entry, sweep_name: str) -> list[dict]:
@@ -30,6 +30,9 @@ def _rows_of_report(report: dict, entry, sweep_name: str) -> list[dict]:
                "train_seed": int(entry.config.train.seed), "steps": report["steps"]}
         for key in ("mcc_pearson", "mcc_spearman", "mcc_pearson_val", "mcc_spearman_val"):
             row[key] = res[key]
+        # the latents the cross-modal sparsity can identify and the others (synthetic runs)
+        for key in ("mcc_pearson_identifiable", "mcc_pearson_not_identifiable"):
+            row[key] = res.get(key, np.nan)
         for method in ("pearson", "spearman"):
             for block, v in res[f"mcc_{method}_per_block"].items():
                 row[f"mcc_{method}_{block}"] = v
