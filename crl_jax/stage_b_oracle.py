@@ -53,8 +53,9 @@ def true_order(adjacency: np.ndarray, block_slices) -> np.ndarray:
     return out
 
 
-def true_nll(process, z: np.ndarray) -> float:
-    """Mean negative log-density of ``z`` standardised per dimension under the true SCM."""
+def true_nll(process, z: np.ndarray, std: np.ndarray) -> float:
+    """Mean negative log-density under the true SCM of ``z`` divided by ``std`` per dimension
+    (stage B's standardisation, so that the number compares with its NLL)."""
     import jax.numpy as jnp
     from synthetic import mechanisms
     spec, adj = process.spec, np.asarray(process.adjacency)
@@ -72,7 +73,7 @@ def true_nll(process, z: np.ndarray) -> float:
         f = np.asarray((f - scm["mean"][i]) / scm["std"][i])
         s = float(spec.noise_scale)
         nll += 0.5 * (((z[:, i] - f) / s) ** 2 + np.log(2 * np.pi)) + np.log(s)
-    return float(nll.mean() - np.log(z.std(0)).sum())
+    return float(nll.mean() - np.log(np.asarray(std)).sum())
 
 
 def run(config, lambdas, freeze_flow: bool = False, log=print) -> dict:
@@ -126,7 +127,7 @@ def run(config, lambdas, freeze_flow: bool = False, log=print) -> dict:
     scores = jax.jit(stage.scores)(params, jnp.asarray(z_val))
     r_val = (jnp.asarray(z_val) - params["standardise"]["mean"]) / params["standardise"]["std"]
     perm = np.argmax(order, axis=0)         # zhat column k is true latent perm[k]
-    out = {"true_nll": true_nll(process, z_val), "lambdas": list(lambdas), "runs": []}
+    out = {"true_nll": true_nll(process, z_val, ref.std(0)), "lambdas": list(lambdas), "runs": []}
     log(f"true-model validation NLL of the standardised latents: {out['true_nll']:.4f}")
     threshold = float(config.eval.graph_threshold)
     for k, lam in enumerate(lambdas):
