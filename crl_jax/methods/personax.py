@@ -20,8 +20,9 @@ identifiability; penalising ``S`` rather than the adjacency weights ``W`` means 
 ``W`` cannot be undone by large weights after it. ``stage_b.within_weight`` adds the other
 allowed edges to the penalty at that weight (0 by default: measured worse, docs/MODEL.md 2a).
 The prior starts with every allowed edge at ``stage_b.prior_init``: at the VAE's small value
-its noise models stay nearly linear, the prior under-fits and the flows drift to suit it. The graph is read from ``S`` on the
-validation sample (``S_ij > eval.graph_threshold`` is the edge ``j -> i``).
+its noise models stay nearly linear, the prior under-fits and the flows drift to suit it.
+The graph is read from ``S`` on the validation sample (``S_ij > eval.graph_threshold`` is
+the edge ``j -> i``).
 
 The prior's latent order is fixed (edges only from earlier to later latents), so the order
 of the latents *inside* each block is a choice: it decides which way a within-block edge

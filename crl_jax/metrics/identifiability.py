@@ -11,10 +11,10 @@ and cross-modal sparsity can prefer the truth. Such a remix exists when
 
 - ``j`` is not a descendant of ``i`` (``z_i'`` is generated after ``z_j``: no cycle), and
 - every child ``c`` of ``i`` joined to it by a penalised edge already has ``j`` as a parent:
-  ``c`` now depends on ``z_i = z_i' - g(z_j)``, so it gains the parent ``j`` otherwise.
+  ``c`` now depends on ``z_i = z_i' - g(z_j)``, so it gains the parent ``j`` otherwise, and
+- ``j`` is already a parent of ``i`` where the edge ``j -> i`` is penalised: ``z_i'`` gains
+  the parent ``j`` (with the cross-modal penalty alone, within-block edges are free).
 
-- ``z_i'`` gains the parent ``j``, so ``j`` must already be a parent of ``i`` where the edge
-  ``j -> i`` is penalised (with the cross-modal penalty alone, within-block edges are free).
 A latent with no such partner is one the sparsity argument can identify; one with a partner
 is not identified by it, whatever the estimator. For example in ``numerical_case2`` at
 generator seed 0 only two of the six latents can be identified (docs/RESULTS.md).
