@@ -113,6 +113,17 @@ def summarise_seeds(per_seed: list[dict]) -> dict:
     return summary
 
 
+def select_and_encode(method, params, samples: dict, eval_cfg):
+    """The protocol's fit (on 'fit'), selection (on the validation observations only) and
+    encoding of every split: (selected params, {split: (S, n, D)} estimates)."""
+    params = method.fit(params, samples["fit"].x, samples["fit"].z)
+    params = method.select(params, samples["val"].x)
+    batch = int(eval_cfg.batch_size)
+    est = {s: encode_seeds(method.encode, params, samples[s].x, samples[s].z, batch)
+           for s in SPLITS}
+    return params, est
+
+
 def evaluate_run(method, params, process, config) -> dict:
     """Evaluate all seeds (leading axis of ``params``) of a run on held-out samples.
 
@@ -121,14 +132,10 @@ def evaluate_run(method, params, process, config) -> dict:
     data_cfg, eval_cfg = config.data, config.eval
     spec_blocks, model_blocks = process.spec.block_slices, method.latent_blocks
     samples = heldout_samples(process, data_cfg)
-    params = method.fit(params, samples["fit"].x, samples["fit"].z)
-    params = method.select(params, samples["val"].x)    # observations only
+    params, est = select_and_encode(method, params, samples, eval_cfg)
     adjacency_weights = None
     if method.adjacency(jax.tree_util.tree_map(lambda a: a[0], params)) is not None:
         adjacency_weights = np.asarray(jax.vmap(method.adjacency)(params))
-    batch = int(eval_cfg.batch_size)
-    est = {s: encode_seeds(method.encode, params, samples[s].x, samples[s].z, batch)
-           for s in SPLITS}
     true = {s: np.asarray(samples[s].z, np.float64) for s in SPLITS}
     adjacency = np.asarray(process.adjacency)
     identifiable = metrics.sparsity_identified(adjacency, process.spec.block_ids(),

@@ -89,11 +89,7 @@ def restore_and_select(config, workdir: str):
                                       samples["val"].x, loop_settings=None, restore_only=True)
     if params is None:   # restore_only raises first; kept as a guard
         raise CheckpointError(f"{workdir}: training is not finished")
-    params = method.fit(params, samples["fit"].x, samples["fit"].z)
-    params = method.select(params, samples["val"].x)
-    batch = int(config.eval.batch_size)
-    est = {s: evaluation.encode_seeds(method.encode, params, samples[s].x, samples[s].z, batch)
-           for s in evaluation.SPLITS}
+    params, est = evaluation.select_and_encode(method, params, samples, config.eval)
     return process, method, params, samples, est
 
 

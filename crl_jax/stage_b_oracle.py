@@ -53,26 +53,25 @@ def true_order(adjacency: np.ndarray, block_slices) -> np.ndarray:
     return out
 
 
+def check_true_density(spec) -> None:
+    """ValueError unless :func:`true_nll` can compute the process's density."""
+    if spec.noise != "gaussian" or spec.mechanism == "copy":
+        raise ValueError(f"the true density is computed for gaussian noise and mlp/additive "
+                         f"mechanisms; got data.noise={spec.noise!r} and mechanism="
+                         f"{spec.mechanism!r} (set by data.preset)")
+
+
 def true_nll(process, z: np.ndarray, std: np.ndarray) -> float:
     """Mean negative log-density under the true SCM of ``z`` divided by ``std`` per dimension
     (stage B's standardisation, so that the number compares with its NLL)."""
     import jax.numpy as jnp
     from synthetic import mechanisms
     spec, adj = process.spec, np.asarray(process.adjacency)
-    if spec.noise != "gaussian" or spec.mechanism == "copy":
-        raise ValueError(f"the true density is computed for gaussian noise and mlp/additive "
-                         f"mechanisms; got noise={spec.noise!r}, mechanism={spec.mechanism!r}")
-    scm = process.params["scm"]
-    zz = jnp.asarray(z)
-    nll = np.zeros(z.shape[0])
-    for i in range(z.shape[1]):
-        if adj[i].sum() == 0:
-            nll += 0.5 * (z[:, i] ** 2 + np.log(2 * np.pi))
-            continue
-        f = mechanisms._signal(scm, zz, i, jnp.asarray(adj[i], zz.dtype), spec.mechanism)
-        f = np.asarray((f - scm["mean"][i]) / scm["std"][i])
-        s = float(spec.noise_scale)
-        nll += 0.5 * (((z[:, i] - f) / s) ** 2 + np.log(2 * np.pi)) + np.log(s)
+    check_true_density(spec)
+    mean = np.asarray(mechanisms.conditional_mean(process.params["scm"], jnp.asarray(z), adj,
+                                                  spec.mechanism), np.float64)
+    scale = np.where(adj.sum(axis=1) == 0, 1.0, float(spec.noise_scale))
+    nll = np.sum(0.5 * (((z - mean) / scale) ** 2 + np.log(2 * np.pi)) + np.log(scale), axis=1)
     return float(nll.mean() - np.log(np.asarray(std)).sum())
 
 
@@ -91,6 +90,7 @@ def run(config, lambdas, freeze_flow: bool = False, log=print) -> dict:
     if process.spec.kind != "vector":
         raise ValueError("stage_b_oracle needs a numerical preset (the true latents of images "
                          "are rendered, not mixed)")
+    check_true_density(process.spec)    # before training, not after
     d_cfg, b_cfg = config.data, config.stage_b
     layout = method.layout
     stage = dataclasses.replace(method.component_stage(len(lambdas)), block=TrueLatents())

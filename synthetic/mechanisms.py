@@ -98,6 +98,19 @@ def forward(params: dict[str, jax.Array], eps: jax.Array, adjacency: jax.Array, 
     return z
 
 
+def conditional_mean(params: dict[str, jax.Array], z: jax.Array, adjacency: jax.Array,
+                     mechanism: str) -> jax.Array:
+    """E[z_i | Pa(z_i)] for every node of fully sampled latents z (n, D): the (standardised)
+    signal of the parents, 0 for roots; so ``z - conditional_mean`` is ``eps`` for roots and
+    ``noise_scale * eps`` for the other nodes. One vmap over the nodes."""
+    adj = jnp.asarray(adjacency, z.dtype)
+    nodes = jnp.arange(adj.shape[0])
+    f = jax.vmap(lambda i: _signal(params, z, i, adj[i], mechanism), out_axes=1)(nodes)
+    if mechanism != "copy":
+        f = (f - params["mean"]) / params["std"]
+    return jnp.where(adj.sum(axis=1) == 0, 0.0, f)
+
+
 @functools.partial(jax.jit, static_argnames=("mechanism", "noise", "noise_scale"))
 def _make_params(key, adjacency, order, mechanism: str, noise: str, noise_scale: float):
     """One compiled call per (D, mechanism, noise, noise_scale): weights, then calibration."""

@@ -39,3 +39,13 @@ def test_bad_lambdas_are_a_one_line_usage_error(capsys):
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--lambdas" in err[0]
+
+
+def test_a_process_without_a_known_density_is_refused_before_training():
+    import pytest
+    config = synthetic_config.get_config("smoke")
+    config.data.noise = "laplace"
+    lines = []
+    with pytest.raises(ValueError, match="data.noise='laplace'"):
+        oracle.run(config, [0.0], log=lines.append)
+    assert not any(line.startswith("step") for line in lines)   # nothing trained

@@ -203,6 +203,20 @@ def test_mechanisms_are_nonlinear(mechanism):
     assert gap.mean() > 0.1 and (gap > 0.05).mean() >= 0.5
 
 
+@pytest.mark.parametrize("mechanism", ["mlp", "additive", "copy"])
+def test_conditional_mean_leaves_exactly_the_noise(mechanism):
+    spec = get_spec("numerical_case3", edge_prob=0.8, n_cross_edges=4)
+    adj = sample_graph(jax.random.PRNGKey(0), spec)
+    order = topological_order(adj)
+    params = mechanisms.make_scm_params(jax.random.PRNGKey(1), adj, order, mechanism, "laplace", 0.3)
+    eps = mechanisms.sample_noise(jax.random.PRNGKey(2), (500, spec.latent_dim), "laplace")
+    z = mechanisms.forward(params, eps, adj, order, mechanism, 0.3)
+    residual = np.asarray(z - mechanisms.conditional_mean(params, z, adj, mechanism))
+    roots = adj.sum(axis=1) == 0
+    assert roots.any() and (~roots).any()
+    np.testing.assert_allclose(residual, np.where(roots, 1.0, 0.3) * np.asarray(eps), atol=2e-5)
+
+
 def test_copy_mechanism_is_linear_control():
     # the same check on the linear 'copy' mechanism finds no gap, so the nonlinearity test can fail
     z, adj = _scm_sample("copy")

@@ -292,7 +292,7 @@ class PersonaXMethod(Method):
         return ComponentStage(
             name=f"{self.name}_stage_b", layout=self.layout, block=self.block, flow=self.flow,
             prior=self.prior, n_replicas=int(n_replicas), penalty_rows=int(c.penalty_rows),
-            anchor=float(c.get("anchor", 0.0)), within_weight=float(c.get("within_weight", 0.0)),
+            anchor=float(c.anchor), within_weight=float(c.within_weight),
             learning_rate=float(c.learning_rate), warmup_steps=int(c.warmup_steps),
             grad_clip=float(c.grad_clip))
 
