@@ -199,6 +199,10 @@ def _validate_stage_b(config) -> None:
     _at_least(config, "stage_b.penalty_rows", 2, " (S needs a spread over rows)")
     _non_negative(config, "stage_b.anchor")
     _non_negative(config, "stage_b.within_weight")
+    _require(b.get("penalty", "l1") in ("l1", "log"), "stage_b.penalty",
+             f"must be 'l1' (the dependence S) or 'log' (scale * log(1 + S / scale)), "
+             f"got {b.get('penalty')!r}")
+    _positive(config, "stage_b.penalty_scale")
 
 
 def validate_against_method(config, method) -> None:

@@ -48,7 +48,8 @@ R2_KEYS = ("b", "c", "c2", "f", "e", "d")
 # stage_b fields added after the first personax runs, with the value those runs trained
 # with (restore reads the trained parameters from the checkpoints; only validation needs them)
 TRAINED_WITH_BEFORE = {"stage_b.anchor": 0.0, "stage_b.prior_init": 0.3,
-                       "stage_b.within_weight": 0.0}
+                       "stage_b.within_weight": 0.0, "stage_b.penalty": "l1",
+                       "stage_b.penalty_scale": 0.1}
 
 
 def load_config(workdir: str):

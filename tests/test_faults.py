@@ -503,7 +503,7 @@ BAD_VALUE = {
     "stage_b.prior_hidden": 0, "stage_b.flow_units": -1, "stage_b.lambdas": (0.1, -1.0),
     "stage_b.order_lambda": -0.5, "stage_b.max_orders": 0, "stage_b.nll_margin": -0.1,
     "stage_b.penalty_rows": 1, "stage_b.anchor": -0.1, "stage_b.prior_init": 0.0,
-    "stage_b.within_weight": -1.0,
+    "stage_b.within_weight": -1.0, "stage_b.penalty": "l2", "stage_b.penalty_scale": 0.0,
 }
 
 

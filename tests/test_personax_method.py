@@ -194,6 +194,38 @@ def test_anchor_adds_the_squared_drift_from_stage_a_coordinates():
     assert drift > 1e-3      # the perturbed flow moved
 
 
+def test_log_penalty_has_unit_slope_at_zero_and_falls_for_strong_edges():
+    dep = jnp.asarray([0.0, 0.1, 1.0])
+    np.testing.assert_array_equal(personax.shaped_penalty(dep, "l1", 0.1), dep)
+    slope = jax.vmap(jax.grad(lambda s: personax.shaped_penalty(s, "log", 0.1)))(dep)
+    np.testing.assert_allclose(slope, [1.0, 0.5, 0.1 / 1.1], rtol=1e-6)
+    with pytest.raises(ValueError, match="stage_b.penalty"):
+        personax.shaped_penalty(dep, "l2", 0.1)
+
+
+def test_stage_penalty_uses_the_configured_shape_on_the_penalised_edges():
+    """The step's penalty is sum(mask * shape(S)) for either shape, on the same S."""
+    import dataclasses
+    method, config, layout = _case1_method()
+    stage = method.component_stage(1)
+    xs = tuple(jax.random.normal(jax.random.PRNGKey(i), (64, 3) + s)
+               for i, s in enumerate(layout.obs_shapes))
+    params = stage.init(jax.random.PRNGKey(0), xs)
+    replica = jax.tree.map(lambda a: a[0], params["replicas"])
+    r = stage.representation(params, xs)
+    zhat, _, _ = stage.replica_terms(replica, params["orders"][0], r)
+    dep = stage.dependence(replica, zhat[:stage.penalty_rows])
+    assert float(jnp.sum(dep * stage.penalty_mask)) > 0
+    for shape in ("l1", "log"):
+        shaped = dataclasses.replace(stage, penalty=shape, penalty_scale=0.1)
+        _, (_, penalty) = shaped.replica_loss(replica, params["orders"][0], 0.3, r)
+        expected = jnp.sum(personax.shaped_penalty(dep, shape, 0.1) * stage.penalty_mask)
+        np.testing.assert_allclose(float(penalty), float(expected), rtol=1e-5)
+    log = dataclasses.replace(stage, penalty="log", penalty_scale=0.1)
+    assert float(log.replica_loss(replica, params["orders"][0], 0.3, r)[1][1]) < \
+        float(stage.replica_loss(replica, params["orders"][0], 0.3, r)[1][1])
+
+
 # ---------------------------------------------------------------------- the staged run
 def test_staged_run_reports_its_choices_and_resumes_inside_stage_b(tmp_path):
     """One command trains stage A and both stage-B phases (each in its own checkpoint
