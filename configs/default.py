@@ -60,9 +60,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.stage_b.max_orders = 24             # candidate orders per block at most
     config.stage_b.nll_margin = 0.03           # nats per latent dim (choose_lambda)
     config.stage_b.penalty_rows = 128          # rows of the batch on which S is penalised
-    config.stage_b.penalty = "l1"              # shape of each edge's penalty: "l1" (S) or "log"
-    config.stage_b.penalty_scale = 0.1         # "log": scale * log(1 + S / scale)
-    config.stage_b.within_weight = 0.0         # S of within-block edges in the penalty (cross: 1)
+    config.stage_b.penalty = "log"             # each edge's penalty: "log" or "l1" (S) (MODEL.md 2a)
+    config.stage_b.penalty_scale = 0.3         # "log": scale * log(1 + S / scale) (MODEL.md 2a)
+    config.stage_b.within_weight = 0.2         # within-block edges' weight in the penalty (cross: 1)
     config.stage_b.anchor = 0.1                # squared drift from stage A's coordinates (MODEL.md 2a)
 
     config.loss = ml_collections.ConfigDict()

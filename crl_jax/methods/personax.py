@@ -13,12 +13,16 @@ prior of the VAE (:class:`~crl_jax.models.causal_prior.CausalPrior`):
 
     -log p(r) = -log p_causal(zhat) - sum_m log|det d phi_m / d r_m|,
 
-plus ``lambda * sum_{cross-modal i, j} S_ij``, where ``S_ij = E|d eps_i / d zhat_j| * std(zhat_j)``
-is the scale-free dependence of noise ``i`` on latent ``j`` (``causal_prior.dependence``). The
-sparsity of the cross-modal graph is what the theory needs for component-wise
+plus ``lambda * sum_{allowed i, j} w_ij * pen(S_ij)``, where ``S_ij = E|d eps_i / d zhat_j| *
+std(zhat_j)`` is the scale-free dependence of noise ``i`` on latent ``j``
+(``causal_prior.dependence``), ``w_ij`` is 1 on cross-modal pairs and ``stage_b.within_weight``
+on the others, and ``pen`` is ``stage_b.penalty`` (:func:`shaped_penalty`: the concave ``log``
+by default, which prunes small dependences without shrinking the true edges as ``l1`` does).
+The sparsity of the cross-modal graph is what the theory needs for component-wise
 identifiability; penalising ``S`` rather than the adjacency weights ``W`` means a small
-``W`` cannot be undone by large weights after it. ``stage_b.within_weight`` adds the other
-allowed edges to the penalty at that weight (0 by default: measured worse, docs/MODEL.md 2a).
+``W`` cannot be undone by large weights after it. The small within-block weight picks, among
+the equally likely remixes of a latent with its block (docs/MODEL.md 2a), the one with the
+fewest within-block edges.
 The prior starts with every allowed edge at ``stage_b.prior_init``: at the VAE's small value
 its noise models stay nearly linear, the prior under-fits and the flows drift to suit it.
 The graph is read from ``S`` on the validation sample (``S_ij > eval.graph_threshold`` is
