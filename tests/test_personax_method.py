@@ -2,6 +2,7 @@
 search, the lambda rule, per-replica clipping and the stage-B step's frozen parameters."""
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import jax
@@ -133,6 +134,15 @@ def _case1_method():
     return methods.build_method("personax", layout, config), config, layout
 
 
+def _one_replica_stage():
+    """A one-replica stage B of the case1 layout on random inputs: (stage, params, xs)."""
+    method, _, layout = _case1_method()
+    stage = method.component_stage(1)
+    xs = tuple(jax.random.normal(jax.random.PRNGKey(i), (64, 3) + s)
+               for i, s in enumerate(layout.obs_shapes))
+    return stage, stage.init(jax.random.PRNGKey(0), xs), xs
+
+
 def test_component_step_trains_only_the_replicas():
     method, config, layout = _case1_method()
     stage = method.component_stage(3)
@@ -173,12 +183,7 @@ def test_component_replicas_do_not_interact():
 def test_anchor_adds_the_squared_drift_from_stage_a_coordinates():
     """stage_b.anchor * mean ||zhat - r P||^2: zero at the identity flow, and exactly that
     term once the flow has moved (the NLL and the penalty are unchanged by it)."""
-    import dataclasses
-    method, config, layout = _case1_method()
-    stage = method.component_stage(1)
-    xs = tuple(jax.random.normal(jax.random.PRNGKey(i), (64, 3) + s)
-               for i, s in enumerate(layout.obs_shapes))
-    params = stage.init(jax.random.PRNGKey(0), xs)
+    stage, params, xs = _one_replica_stage()
     stage = dataclasses.replace(stage, anchor=0.0)
     anchored = dataclasses.replace(stage, anchor=2.0)
     for p in (params, dict(params, replicas=jax.tree.map(
@@ -205,12 +210,7 @@ def test_log_penalty_has_unit_slope_at_zero_and_falls_for_strong_edges():
 
 def test_stage_penalty_uses_the_configured_shape_on_the_penalised_edges():
     """The step's penalty is sum(mask * shape(S)) for either shape, on the same S."""
-    import dataclasses
-    method, config, layout = _case1_method()
-    stage = method.component_stage(1)
-    xs = tuple(jax.random.normal(jax.random.PRNGKey(i), (64, 3) + s)
-               for i, s in enumerate(layout.obs_shapes))
-    params = stage.init(jax.random.PRNGKey(0), xs)
+    stage, params, xs = _one_replica_stage()
     replica = jax.tree.map(lambda a: a[0], params["replicas"])
     r = stage.representation(params, xs)
     zhat, _, _ = stage.replica_terms(replica, params["orders"][0], r)
