@@ -211,6 +211,9 @@ def test_step_products_rejects_bad_sizes():
     assert proc.returncode == 2 and "--product_rows" in proc.stderr
 
 
+# slow (5 minutes on 2 cores, most of it compilation): the chunks section's argument checks
+# below stay in the default run
+@pytest.mark.slow
 def test_step_chunks_section_times_the_auto_choice_against_the_others(tmp_path):
     """The chunks section: per layout, the step in each count (the auto count included,
     here forced above 1 by the tiny budget of SCRIPT) against the fastest of them."""

@@ -220,9 +220,16 @@ def test_a_diverging_entry_is_recorded_and_the_sweep_goes_on(tmp_path):
 
 
 # ---------------------------------------------------------------------- every :smoke sweep
-# Every shipped sweep's :smoke version, end to end (about 2 minutes together on 2 cores, most
-# of it one compilation per data shape).
-@pytest.mark.parametrize("name", SWEEPS)
+# Every shipped sweep's :smoke version, end to end (most of it one compilation per data
+# shape). The default run keeps three that between them cover every kind of entry (a method
+# grid, a preset grid, a calibration task); the other five are `slow` (together 5.4 minutes of
+# test time on 2 cores of an AMD EPYC); their grids are checked above without training.
+_DEFAULT_RUN_SWEEPS = ("methods", "calibration", "cases")
+
+
+@pytest.mark.parametrize("name", [
+    name if name in _DEFAULT_RUN_SWEEPS else pytest.param(name, marks=pytest.mark.slow)
+    for name in SWEEPS])
 def test_every_smoke_sweep_runs_end_to_end(tmp_path, name):
     cfg = _sweep_module(name).get_config("smoke")
     cfg.base.train.steps = 4
