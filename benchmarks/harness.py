@@ -134,8 +134,10 @@ class StepRunner:
     arithmetic) to rate it."""
 
     def __init__(self, method, config, mesh, layout, batch, microbatches: int = 1,
-                 flops: float | None = None, execute: bool = True):
-        self.state = train.init_state(method, config, mesh, layout)
+                 flops: float | None = None, execute: bool = True, state=None):
+        # ``state``: a fresh train state to start from (donated), e.g. a copy of another
+        # runner's (:func:`initial_copy`), so that several runners compile init once
+        self.state = train.init_state(method, config, mesh, layout) if state is None else state
         self.microbatches = int(microbatches)
         t0 = time.perf_counter()
         self.compiled = train.jit_train_step(method, mesh, self.microbatches).lower(
@@ -170,7 +172,9 @@ def step_runners(method, config, mesh, layout, batch, mode: str) -> dict:
     one-pass step's XLA temporaries; the same runner object when it picks 1). With
     ``mode="auto"`` the one-pass step is only compiled (for its FLOPs and temporaries), never
     run: at large batches it would not fit in memory."""
-    one = StepRunner(method, config, mesh, layout, batch, execute=mode != "auto")
+    init = train.init_state(method, config, mesh, layout)
+    one = StepRunner(method, config, mesh, layout, batch, execute=mode != "auto",
+                     state=initial_copy(init))
     out = {} if mode == "auto" else {"one pass": one}
     if mode in ("auto", "both"):
         config.train.microbatch_size = -1
@@ -179,8 +183,13 @@ def step_runners(method, config, mesh, layout, batch, mode: str) -> dict:
         if n == 1 and mode == "auto":
             one.run(1)  # warm-up
         out["auto"] = one if n == 1 else StepRunner(method, config, mesh, layout, batch, n,
-                                                    flops=one.flops)
+                                                    flops=one.flops, state=init)
     return out
+
+
+def initial_copy(state):
+    """A copy of a fresh train state (a runner donates the one it gets)."""
+    return jax.tree.map(jnp.copy, state)
 
 
 class Matmul:

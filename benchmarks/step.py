@@ -48,7 +48,7 @@ import numpy as np
 from benchmarks import harness as h
 from benchmarks.harness import (Matmul, StepRunner, images_available, model_config,
                                 paired_rounds, setup_model, step_runners, summary, widest_layer)
-from crl_jax import methods, parallel, steps
+from crl_jax import methods, parallel, steps, train
 from crl_jax.host import autotune
 from crl_jax.models import vae
 
@@ -266,13 +266,14 @@ def section_chunks(args) -> list[dict]:
 def _chunk_rows(series, symbol, value, method, config, mesh, layout, batch, batch_size,
                 args) -> list[dict]:
     """One layout of the chunks section: the step in each count, in paired rounds."""
-    one = StepRunner(method, config, mesh, layout, batch)
+    init = train.init_state(method, config, mesh, layout)   # init compiled once
+    one = StepRunner(method, config, mesh, layout, batch, state=h.initial_copy(init))
     config.train.microbatch_size = -1   # the count training would use
     auto = autotune.resolve_microbatches(config, method, mesh, one.state, batch,
                                       one_pass_temp_bytes=one.temp_mb * 2**20)
     counts = sorted({n for n in args.chunk_counts if batch_size % n == 0} | {1, auto})
     runners = {n: one if n == 1 else StepRunner(method, config, mesh, layout, batch, n,
-                                                flops=one.flops)
+                                                flops=one.flops, state=h.initial_copy(init))
                for n in counts}
     reps = {n: h.reps_for(r.run(1), args.budget, args.steps, 50) for n, r in runners.items()}
     times = paired_rounds(runners, reps, args.rounds)
