@@ -50,12 +50,13 @@ def base_config() -> ml_collections.ConfigDict:
     config.stage_b.learning_rate = 3e-3        # the prior fits slowly at 1e-3 (MODEL.md 2a)
     config.stage_b.warmup_steps = 100
     config.stage_b.grad_clip = 1.0             # per replica
-    config.stage_b.flow_layers = 1             # affine couplings per block flow
+    config.stage_b.flow_layers = (1, 4)        # affine couplings per block flow: candidates, chosen per block on validation (MODEL.md 2a)
     config.stage_b.flow_hidden = 32
     config.stage_b.prior_hidden = 16           # the causal prior's noise models
     config.stage_b.flow_units = 0
     config.stage_b.prior_init = 3.0            # initial weight of every allowed edge of the prior (MODEL.md 2a)
     config.stage_b.lambdas = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)   # the sparsity path
+    config.stage_b.restarts = 1                # initialisations per order candidate and per lambda
     config.stage_b.order_lambda = 0.3          # lambda of the within-block order search
     config.stage_b.max_orders = 24             # candidate orders per block at most
     config.stage_b.nll_margin = 0.03           # nats per latent dim (choose_lambda)

@@ -185,7 +185,12 @@ def _validate_stage_b(config) -> None:
              f"must be in [0, stage_b.steps={b.steps}), got {b.warmup_steps}")
     _positive(config, "stage_b.grad_clip", allow_inf=True,
               also=" (each replica's gradient-norm clip; inf: no clipping)")
-    _at_least(config, "stage_b.flow_layers", 0, " (0: a linear map per block)")
+    layers = b.flow_layers
+    layers = (layers,) if isinstance(layers, int) and not isinstance(layers, bool) else layers
+    _require(isinstance(layers, (tuple, list)) and len(layers) > 0 and all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in layers),
+        "stage_b.flow_layers", f"must be an integer >= 0 (0: a linear map per block) or a "
+        f"tuple of them (candidates chosen per block on validation), got {b.flow_layers!r}")
     _at_least(config, "stage_b.flow_hidden", 1)
     _at_least(config, "stage_b.prior_hidden", 1)
     _at_least(config, "stage_b.flow_units", 0, " (0: no flow)")
@@ -194,6 +199,8 @@ def _validate_stage_b(config) -> None:
     _require(len(lams) >= 1 and all(math.isfinite(_number(v)) and _number(v) >= 0 for v in lams),
              "stage_b.lambdas", f"needs one or more finite lambdas >= 0, got {lams}")
     _non_negative(config, "stage_b.order_lambda")
+    if "restarts" in b:     # runs recorded before the field existed had one
+        _at_least(config, "stage_b.restarts", 1)
     _at_least(config, "stage_b.max_orders", 1)
     _non_negative(config, "stage_b.nll_margin")
     _at_least(config, "stage_b.penalty_rows", 2, " (S needs a spread over rows)")

@@ -100,6 +100,9 @@ def _markdown_synthetic(report: dict) -> str:
         lines += ["", "Chosen on the validation sample (stage_b): lambda per seed "
                   + ", ".join(f"{v:g}" for v in choices["lambda"])
                   + " (from " + ", ".join(f"{v:g}" for v in choices["lambdas"]) + ")"]
+    if "flow_layers" in choices:
+        lines += ["Flow coupling layers per block, per seed: " + "; ".join(
+            "/".join(str(v) for v in seed) for seed in choices["flow_layers"])]
     oracle = report["evaluation"]["oracle_r2_ceiling"]
     lines += ["", "Oracle R² ceiling (true block through a random invertible map): "
               + ", ".join(f"{b} {v:.3f}" for b, v in oracle.items()), ""]

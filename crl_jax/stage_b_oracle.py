@@ -4,8 +4,8 @@
 Stage A is replaced by the true latents (standardised), so stage B starts at the truth: does
 its objective keep it? Stage B (``personax.ComponentStage``, the config's ``stage_b.*``: prior,
 flows, anchor, learning rate) trains one replica per lambda for ``stage_b.steps`` steps on
-fresh samples, with the within-block order set to the true topological order (no order
-search). Printed per lambda: the validation NLL, the MCC against the truth (overall and per
+fresh samples, with the within-block order set to the true topological order and the
+smallest flow of ``stage_b.flow_layers`` (no order or capacity search). Printed per lambda: the validation NLL, the MCC against the truth (overall and per
 latent) and the edges with ``S > eval.graph_threshold``; and the validation NLL of the true
 model (the true mechanisms' density of the standardised latents): a trained prior far above it
 has under-fitted. ``--freeze_flow`` keeps the flows at the identity (the prior alone learns):
@@ -104,6 +104,8 @@ def run(config, lambdas, freeze_flow: bool = False, log=print) -> dict:
     params["standardise"] = {"mean": jnp.asarray(ref.mean(0)), "std": jnp.asarray(ref.std(0))}
     params["orders"] = jnp.broadcast_to(jnp.asarray(order), (len(lambdas), d, d))
     params["lambdas"] = jnp.asarray(lambdas, jnp.float32)
+    # the true latents need no unbending: the smallest flow of stage_b.flow_layers
+    params["capacity"] = jnp.full_like(params["capacity"], min(method.flow_layer_candidates))
     steps = int(b_cfg.steps)
     opt = stage.optimizer(types.SimpleNamespace(steps=steps))
     opt_state = opt.init(params)
@@ -132,7 +134,8 @@ def run(config, lambdas, freeze_flow: bool = False, log=print) -> dict:
     threshold = float(config.eval.graph_threshold)
     for k, lam in enumerate(lambdas):
         replica = jax.tree.map(lambda a: a[k], params["replicas"])
-        zhat, _ = stage.flow.apply({"params": replica["flow"]}, r_val @ order)
+        zhat, _ = stage.flow.apply({"params": replica["flow"]}, r_val @ order,
+                                   params["capacity"][k])
         res = metrics.mcc(z_val, np.asarray(zhat))
         s_true = np.zeros((d, d))
         s_true[np.ix_(perm, perm)] = np.asarray(scores["dependence"][k])

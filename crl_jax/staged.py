@@ -15,8 +15,8 @@ fingerprint differs from the recorded one.
 | stage | what trains | steps | checkpoints |
 | --- | --- | --- | --- |
 | ``blocks`` | the multiview encoders | ``train.steps`` | ``checkpoints/`` |
-| ``orders`` | one replica per within-block order | ``stage_b.steps`` | ``checkpoints_orders/`` |
-| ``sparsity`` | one replica per lambda | ``stage_b.steps`` | ``checkpoints_sparsity/`` |
+| ``orders`` | ``stage_b.restarts`` replicas per within-block order and flow capacity | ``stage_b.steps`` | ``checkpoints_orders/`` |
+| ``sparsity`` | ``stage_b.restarts`` replicas per lambda | ``stage_b.steps`` | ``checkpoints_sparsity/`` |
 """
 from __future__ import annotations
 
@@ -107,7 +107,8 @@ def standardisation(block, params_a, batches, n_batches: int = 8) -> dict:
     return {"mean": jnp.mean(r, axis=1), "std": jnp.std(r, axis=1) + 1e-6}
 
 
-def _initial_state(stage, config, mesh, data_layout, params_a, stats, orders, lambdas):
+def _initial_state(stage, config, mesh, data_layout, params_a, stats, orders, lambdas,
+                   capacity):
     """Fresh stage-B train state whose frozen parameters are the given ones (per seed)."""
     t_cfg = config.train
     state = steps.create_train_states(stage, train.example_input(data_layout),
@@ -117,7 +118,8 @@ def _initial_state(stage, config, mesh, data_layout, params_a, stats, orders, la
     params_a, stats = jax.tree.map(jnp.copy, (params_a, stats))
     params = dict(state.params, block=params_a, standardise=stats,
                   orders=jnp.asarray(orders, jnp.float32),
-                  lambdas=jnp.asarray(lambdas, jnp.float32))
+                  lambdas=jnp.asarray(lambdas, jnp.float32),
+                  capacity=jnp.asarray(capacity, jnp.float32))
     return jax.device_put(state.replace(params=params), parallel.replicated(mesh))
 
 
@@ -152,12 +154,13 @@ def train_personax(config, workdir, method: personax.PersonaXMethod, mesh, batch
     stop = None if stop_after_step is None else int(stop_after_step) - total_a
 
     # phase 1: within-block orders
-    candidates = method.order_candidates()
+    candidates, capacity = method.order_replicas()
     stage1 = method.component_stage(len(candidates))
     lam_order = float(config.stage_b.order_lambda)
     init1 = _initial_state(stage1, cfg_b, mesh, data_layout, params_a, stats,
                            np.broadcast_to(candidates, (n_seeds,) + candidates.shape),
-                           np.full((n_seeds, len(candidates)), lam_order))
+                           np.full((n_seeds, len(candidates)), lam_order),
+                           np.broadcast_to(capacity, (n_seeds,) + capacity.shape))
     state1, step = train.train(cfg_b, workdir, stage1, mesh, batches, data_layout,
                                checkpoint_dir="checkpoints_orders", step_offset=total_a,
                                initial_state=init1, stop_after_step=stop, stage="orders",
@@ -165,18 +168,23 @@ def train_personax(config, workdir, method: personax.PersonaXMethod, mesh, batch
     if step < total_b:
         return None, info
     scores = jax.jit(jax.vmap(stage1.scores, in_axes=(0, None)))(state1.params, tuple(val_xs))
-    chosen = jax.vmap(lambda o, b: personax.combine_orders(o, b, method.block_sizes))(
-        state1.params["orders"], scores["block_loss"])
+    margin = float(config.stage_b.nll_margin)
+    chosen, chosen_capacity = jax.vmap(lambda o, c, b: personax.choose_block_flows(
+        o, c, b, method.block_sizes, margin))(
+        state1.params["orders"], state1.params["capacity"], scores["block_loss"])
     info["orders"] = np.asarray(chosen)
+    info["flow_layers"] = np.asarray(chosen_capacity)
     info["order_block_loss"] = np.asarray(scores["block_loss"])
 
     # phase 2: sparsity path with the chosen orders
-    lambdas = method.lambdas
+    lambdas = method.replica_lambdas
     stage2 = method.component_stage(len(lambdas))
     init2 = _initial_state(stage2, cfg_b, mesh, data_layout, params_a, stats,
                            jnp.broadcast_to(chosen[:, None], (n_seeds, len(lambdas)) +
                                             chosen.shape[1:]),
-                           np.broadcast_to(lambdas, (n_seeds, len(lambdas))))
+                           np.broadcast_to(lambdas, (n_seeds, len(lambdas))),
+                           jnp.broadcast_to(chosen_capacity[:, None],
+                                            (n_seeds, len(lambdas), len(method.block_sizes))))
     stop = None if stop is None else stop - total_b
     state2, step = train.train(cfg_b, workdir, stage2, mesh, batches, data_layout,
                                checkpoint_dir="checkpoints_sparsity",

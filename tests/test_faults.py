@@ -499,11 +499,12 @@ BAD_VALUE = {
     "causal_discovery.subsample_seed": -1,
     "loss.sparsity": "l2", "loss.dependence_rows": 0,
     "stage_b.steps": 0, "stage_b.learning_rate": -1e-3, "stage_b.warmup_steps": 5000,
-    "stage_b.grad_clip": 0.0, "stage_b.flow_layers": -1, "stage_b.flow_hidden": 0,
+    "stage_b.grad_clip": 0.0, "stage_b.flow_layers": (1, -1), "stage_b.flow_hidden": 0,
     "stage_b.prior_hidden": 0, "stage_b.flow_units": -1, "stage_b.lambdas": (0.1, -1.0),
     "stage_b.order_lambda": -0.5, "stage_b.max_orders": 0, "stage_b.nll_margin": -0.1,
     "stage_b.penalty_rows": 1, "stage_b.anchor": -0.1, "stage_b.prior_init": 0.0,
     "stage_b.within_weight": -1.0, "stage_b.penalty": "l2", "stage_b.penalty_scale": 0.0,
+    "stage_b.restarts": 0,
 }
 
 

@@ -48,6 +48,28 @@ def test_latent_flow_log_det_is_exact(d, layers):
     np.testing.assert_allclose(jac[:, :d, d:], 0.0, atol=1e-6)    # block-diagonal map
 
 
+@pytest.mark.parametrize("active", [0, 1, 2])
+def test_block_flow_with_fewer_active_layers_is_that_smaller_flow(active):
+    """``active`` layers of a 3-layer flow act exactly as a flow of ``active`` layers with
+    the same parameters: the later couplings and linear maps are the identity."""
+    x = jax.random.normal(jax.random.PRNGKey(0), (16, 3))
+    big = flows.BlockFlow(n_layers=3)
+    params = big.init(jax.random.PRNGKey(1), x)
+    params = jax.tree.map(lambda p: p + 0.3 * jax.random.normal(
+        jax.random.PRNGKey(p.size), p.shape), params)
+    small = flows.BlockFlow(n_layers=active)
+    keep = {k: v for k, v in params["params"].items()
+            if k in small.init(jax.random.PRNGKey(1), x)["params"]}
+    y, log_det = big.apply(params, x, jnp.asarray(float(active)))
+    y_small, log_det_small = small.apply({"params": keep}, x)
+    np.testing.assert_allclose(y, y_small, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(log_det, log_det_small, rtol=1e-5, atol=1e-6)
+    full = big.apply(params, x, 3.0)
+    np.testing.assert_allclose(full[0], big.apply(params, x)[0], rtol=1e-6)
+    if active < 3:
+        assert float(jnp.max(jnp.abs(full[0] - y))) > 1e-3
+
+
 # ---------------------------------------------------------------------- dependence
 def test_dependence_of_a_linear_noise_model():
     """eps = z A^T: S_ij = |A_ij| std(z_j), whatever the scale of z_j."""
@@ -110,6 +132,25 @@ def test_combine_orders_takes_each_blocks_best_replica():
     np.testing.assert_array_equal(chosen, expected)
 
 
+def test_choose_block_flows_takes_the_smallest_capacity_within_the_margin():
+    sizes = (2, 2)
+    mats = jnp.asarray(personax.order_candidates(sizes, cap=24))       # 2 orders per block
+    orders = jnp.concatenate([mats, mats])                             # x capacities 1, 4
+    capacity = jnp.asarray([[1.0, 1.0], [1.0, 1.0], [4.0, 4.0], [4.0, 4.0]])
+    # block 0: capacity 1 within 0.05 x 2 dims of 4's best -> 1 (its order 1); block 1:
+    # capacity 4 is 1 nat better -> 4 (its order 0)
+    block_loss = jnp.asarray([[2.05, 3.0], [2.02, 3.1], [2.0, 2.0], [2.1, 2.5]])
+    order, chosen = personax.choose_block_flows(orders, capacity, block_loss, sizes, 0.05)
+    np.testing.assert_array_equal(chosen, [1.0, 4.0])
+    expected = np.zeros((4, 4))
+    expected[:2, :2] = np.asarray(mats[1])[:2, :2]
+    expected[2:, 2:] = np.asarray(mats[0])[2:, 2:]
+    np.testing.assert_array_equal(order, expected)
+    # margin 0: the best replica of all wins whatever its capacity
+    _, chosen = personax.choose_block_flows(orders, capacity, block_loss, sizes, 0.0)
+    np.testing.assert_array_equal(chosen, [4.0, 4.0])
+
+
 def test_choose_lambda_takes_the_largest_within_the_margin():
     path = jnp.asarray([3.0, 3.02, 3.05, 3.2, 3.9])
     assert int(personax.choose_lambda(path, 0.1)) == 2
@@ -117,6 +158,13 @@ def test_choose_lambda_takes_the_largest_within_the_margin():
     assert int(personax.choose_lambda(path, 1.0)) == 4
     # not monotone: a later lambda back within the margin still counts
     assert int(personax.choose_lambda(jnp.asarray([1.0, 1.5, 1.05]), 0.1)) == 2
+
+
+def test_best_restarts_takes_each_lambdas_lowest_objective():
+    # 3 lambdas x 2 restarts, lambda-major
+    objective = jnp.asarray([5.0, 4.0, 1.0, 2.0, 7.0, 7.5])
+    np.testing.assert_array_equal(personax.best_restarts(objective, 2), [1, 2, 4])
+    np.testing.assert_array_equal(personax.best_restarts(objective, 1), np.arange(6))
 
 
 def test_per_replica_clip_clips_each_replica_alone():
@@ -227,6 +275,44 @@ def test_stage_penalty_uses_the_configured_shape_on_the_penalised_edges():
         float(l1.replica_loss(replica, params["orders"][0], 0.3, r)[1][1])
 
 
+def test_restarts_multiply_the_replicas_and_selection_takes_each_lambdas_best():
+    """stage_b.restarts = 2: every order candidate and every lambda gets two replicas; the
+    selection scores each lambda by its restart of lowest validation objective, then applies
+    the lambda rule to those restarts' NLL path."""
+    method, config, layout = _case1_method()
+    config.stage_b.restarts = 2
+    config.stage_b.lambdas = (0.0, 0.3)
+    config.stage_b.flow_layers = (1, 2)
+    method = methods.build_method("personax", layout, config)
+    candidates = method.order_candidates()
+    n = len(candidates)
+    orders, capacity = method.order_replicas()       # (restart, capacity, order)
+    np.testing.assert_array_equal(orders, np.concatenate([candidates] * 4))
+    np.testing.assert_array_equal(capacity[:, 0], np.repeat([1, 2, 1, 2], n))
+    np.testing.assert_array_equal(capacity[:, 1], capacity[:, 0])
+    np.testing.assert_allclose(method.replica_lambdas, [0.0, 0.0, 0.3, 0.3])
+    xs = tuple(jax.random.normal(jax.random.PRNGKey(i), (256, 3) + s)
+               for i, s in enumerate(layout.obs_shapes))
+    params = method.init(jax.random.PRNGKey(0), xs)
+    params = dict(params, lambdas=jnp.asarray(method.replica_lambdas))
+    # restart 0 of each lambda gets a badly perturbed flow: restart 1 must win both lambdas
+    noise = lambda a: 3.0 * jax.random.normal(jax.random.PRNGKey(a.size), a.shape[1:])
+    params["replicas"] = jax.tree.map(
+        lambda a: a.at[0].add(noise(a)).at[2].add(noise(a)), params["replicas"])
+    stage = method.component_stage(4)
+    scores = stage.scores(params, xs)
+    objective = np.asarray(scores["objective"])
+    assert objective[1] < objective[0] and objective[3] < objective[2]
+    chosen = method.select(jax.tree.map(lambda a: a[None], params), xs)
+    restart_nll = np.asarray(scores["nll"]).reshape(2, 2)
+    np.testing.assert_allclose(chosen["val_nll_restarts"][0], restart_nll, rtol=1e-5)
+    np.testing.assert_allclose(chosen["val_nll_path"][0], restart_nll[:, 1], rtol=1e-5)
+    lam = int(chosen["lambda_index"][0])
+    for a, b in zip(jax.tree.leaves(chosen["replica"]), jax.tree.leaves(params["replicas"])):
+        np.testing.assert_array_equal(a[0], b[2 * lam + 1])
+    assert method.choices(chosen)["lambda"] == [(0.0, 0.3)[lam]]
+
+
 # ---------------------------------------------------------------------- the staged run
 def test_staged_run_reports_its_choices_and_resumes_inside_stage_b(tmp_path):
     """One command trains stage A and both stage-B phases (each in its own checkpoint
@@ -244,6 +330,9 @@ def test_staged_run_reports_its_choices_and_resumes_inside_stage_b(tmp_path):
     assert len(choices["lambda"]) == 2 and set(choices["lambda"]) <= {0.0, 0.3}
     assert all(sorted(o) == [0, 1, 2, 3] for o in choices["order"])
     assert np.asarray(choices["val_nll_path"]).shape == (2, 2)
+    assert np.asarray(choices["val_nll_restarts"]).shape == (2, 2, 1)
+    flow_layers = np.asarray(choices["flow_layers"])          # per seed and block
+    assert flow_layers.shape == (2, 2) and set(flow_layers.ravel()) <= {1, 2}
     weights = np.asarray(full["evaluation"]["per_seed"][0]["graph"]["estimated_weights"])
     assert weights.shape == (4, 4) and np.all(weights >= 0)       # S, not signed W
     steps_a, steps_b = int(config.train.steps), int(config.stage_b.steps)

@@ -33,14 +33,22 @@ of the latents *inside* each block is a choice: it decides which way a within-bl
 may point. Stage B therefore runs in two phases, both on one jitted, seed-vmapped step with
 several replicas of the stage-B parameters per seed:
 
-1. ``orders``: one replica per candidate within-block order (replica k uses the k-th
-   permutation of every block, all replicas at ``stage_b.order_lambda``); each block takes
-   the order whose replica gives that block the lowest validation loss (its share of the
-   negative log-likelihood plus its share of the penalty).
+1. ``orders``: one replica per candidate within-block order and flow capacity (replica k
+   uses the k-th permutation of every block; the capacities are the coupling-layer counts of
+   ``stage_b.flow_layers``; all replicas at ``stage_b.order_lambda``). Each block takes the
+   smallest capacity whose best replica's validation loss (that block's share of the
+   negative log-likelihood plus its share of the penalty) is within ``stage_b.nll_margin``
+   nats per latent dimension of the best replica of any capacity, then that capacity's best
+   order (:func:`choose_block_flows`).
 2. ``sparsity``: one replica per ``lambda`` of ``stage_b.lambdas``, all with the chosen
-   orders. The reported replica is the one of the largest ``lambda`` whose validation
-   negative log-likelihood stays within ``stage_b.nll_margin`` nats per latent dimension of
-   the smallest ``lambda``'s (:func:`choose_lambda`).
+   orders and capacities. The reported replica is the one of the largest ``lambda`` whose
+   validation negative log-likelihood stays within ``stage_b.nll_margin`` nats per latent
+   dimension of the smallest ``lambda``'s (:func:`choose_lambda`).
+
+With ``stage_b.restarts`` > 1 every replica of both phases is trained that many times from
+different initialisations: the order phase takes the best over all of them, and the
+sparsity phase scores each lambda by its restart of lowest validation training loss
+(:func:`best_restarts`) before the lambda rule.
 
 Every choice uses only the validation sample's observations (never its latents, never the
 test sample).
@@ -63,7 +71,7 @@ from crl_jax.models import causal_prior as cp
 from crl_jax.models import flows
 
 _LOG_2PI = float(np.log(2.0 * np.pi))
-FROZEN = ("block", "standardise", "orders", "lambdas")
+FROZEN = ("block", "standardise", "orders", "lambdas", "capacity")
 
 
 # ---------------------------------------------------------------------- orders
@@ -113,6 +121,12 @@ def block_masks(block_sizes: Sequence[int]) -> np.ndarray:
     return out
 
 
+def layer_candidates(value) -> tuple[int, ...]:
+    """``stage_b.flow_layers`` as a sorted tuple of distinct coupling-layer counts."""
+    values = (value,) if isinstance(value, (int, np.integer)) else tuple(value)
+    return tuple(sorted({int(v) for v in values}))
+
+
 # ---------------------------------------------------------------------- selection rules
 def choose_lambda(nll_path: jnp.ndarray, margin: float) -> jnp.ndarray:
     """Index of the largest lambda (the path is in increasing lambda) whose validation NLL is
@@ -120,6 +134,14 @@ def choose_lambda(nll_path: jnp.ndarray, margin: float) -> jnp.ndarray:
     ok = nll_path - nll_path[0] <= margin
     idx = jnp.arange(nll_path.shape[0])
     return jnp.max(jnp.where(ok, idx, 0))
+
+
+def best_restarts(objective: jnp.ndarray, restarts: int) -> jnp.ndarray:
+    """Per lambda, the index (into the replicas, lambda-major: replica ``l * restarts + k``
+    is restart ``k`` of lambda ``l``) of the restart with the lowest validation objective.
+    jit/vmap-able."""
+    by_lambda = jnp.reshape(objective, (-1, int(restarts)))
+    return jnp.arange(by_lambda.shape[0]) * int(restarts) + jnp.argmin(by_lambda, axis=1)
 
 
 def shaped_penalty(dep: jnp.ndarray, shape: str, scale: float) -> jnp.ndarray:
@@ -156,7 +178,8 @@ class ComponentStage(Method):
 
     Parameters: ``block`` (the frozen stage-A encoders), ``standardise`` (per-dimension mean
     and std of the stage-A representation), ``orders`` (R, D, D) permutation matrices,
-    ``lambdas`` (R,) penalty weights and ``replicas`` (the R flows and priors). Only
+    ``lambdas`` (R,) penalty weights, ``capacity`` (R, n_blocks) active coupling layers of
+    each block's flow and ``replicas`` (the R flows and priors). Only
     ``replicas`` is trained (:meth:`optimizer` leaves the rest unchanged).
     """
 
@@ -207,6 +230,8 @@ class ComponentStage(Method):
                 "standardise": {"mean": jnp.zeros(d), "std": jnp.ones(d)},
                 "orders": jnp.broadcast_to(jnp.eye(d), (self.n_replicas, d, d)),
                 "lambdas": jnp.zeros(self.n_replicas),
+                "capacity": jnp.full((self.n_replicas, len(self.block_sizes)),
+                                     float(self.flow.n_layers)),
                 "replicas": jax.vmap(self.init_replica)(
                     jax.random.split(k_rep, self.n_replicas))}
 
@@ -228,10 +253,11 @@ class ComponentStage(Method):
         std = params["standardise"]
         return jax.lax.stop_gradient((r - std["mean"]) / std["std"])
 
-    def replica_terms(self, replica, order, r):
-        """Per-row, per-dimension NLL (n, D) and per-block flow log-det (n, n_blocks)."""
+    def replica_terms(self, replica, order, r, capacity=None):
+        """Per-row, per-dimension NLL (n, D) and per-block flow log-det (n, n_blocks);
+        ``capacity`` (n_blocks,): active coupling layers per block (default all)."""
         zhat, log_det = self.flow.apply({"params": replica["flow"]},
-                                        r @ jax.lax.stop_gradient(order))
+                                        r @ jax.lax.stop_gradient(order), capacity)
         eps, log_slope = self.prior.apply({"params": replica["prior"]}, zhat,
                                           method=self.prior.noise)
         return zhat, 0.5 * (eps**2 + _LOG_2PI) - log_slope, log_det
@@ -245,8 +271,8 @@ class ComponentStage(Method):
         """Each edge's weighted share of the sparsity penalty (``stage_b.penalty``)."""
         return shaped_penalty(dep, self.penalty, float(self.penalty_scale)) * self.penalty_mask
 
-    def replica_loss(self, replica, order, lam, r):
-        zhat, nll_dims, log_det = self.replica_terms(replica, order, r)
+    def replica_loss(self, replica, order, lam, r, capacity=None):
+        zhat, nll_dims, log_det = self.replica_terms(replica, order, r, capacity)
         nll = jnp.mean(jnp.sum(nll_dims, -1) - jnp.sum(log_det, -1))
         penalty = jnp.sum(self.shaped(self.dependence(replica, zhat[:self.penalty_rows])))
         # stage_b.anchor: among maps of (nearly) equal likelihood, prefer the one nearest to
@@ -259,8 +285,8 @@ class ComponentStage(Method):
     def loss(self, params, xs, key):
         del key
         r = self.representation(params, xs)
-        losses, (nll, penalty) = jax.vmap(self.replica_loss, in_axes=(0, 0, 0, None))(
-            params["replicas"], params["orders"], params["lambdas"], r)
+        losses, (nll, penalty) = jax.vmap(self.replica_loss, in_axes=(0, 0, 0, None, 0))(
+            params["replicas"], params["orders"], params["lambdas"], r, params["capacity"])
         total = jnp.sum(losses)   # replicas are independent: each gets its own gradient
         # "cross_dependence": the penalised S (cross-modal, plus within_weight x the rest)
         return total, {"loss": jnp.mean(losses), "nll": jnp.mean(nll),
@@ -268,23 +294,28 @@ class ComponentStage(Method):
 
     # --- validation scores (one seed)
     def scores(self, params, xs) -> dict:
-        """Validation scores of every replica: ``nll`` (R,), ``penalty`` (R,),
-        ``block_loss`` (R, n_blocks) (each block's NLL share plus its share of the penalty
+        """Validation scores of every replica: ``nll`` (R,), ``penalty`` (R,), ``objective``
+        (R,) (the training loss: NLL + lambda * penalty + anchor * drift), ``block_loss``
+        (R, n_blocks) (each block's NLL share plus its share of the penalty
         at the replica's lambda) and ``dependence`` (R, D, D), all on the rows of ``xs``."""
         r = self.representation(params, xs)
         masks = jnp.asarray(block_masks(self.block_sizes))
 
-        def one(replica, order, lam):
-            zhat, nll_dims, log_det = self.replica_terms(replica, order, r)
+        def one(replica, order, lam, capacity):
+            zhat, nll_dims, log_det = self.replica_terms(replica, order, r, capacity)
             dep = self.dependence(replica, zhat[:2000])
             cross_in = jnp.sum(self.shaped(dep), axis=1)               # per child dim
             block_nll = jnp.mean(nll_dims, 0) @ masks.T - jnp.mean(log_det, 0)
-            return {"nll": jnp.mean(jnp.sum(nll_dims, -1) - jnp.sum(log_det, -1)),
+            nll = jnp.mean(jnp.sum(nll_dims, -1) - jnp.sum(log_det, -1))
+            drift = jnp.mean(jnp.sum((zhat - r @ order) ** 2, -1))
+            return {"nll": nll,
                     "penalty": jnp.sum(cross_in),
+                    "objective": nll + lam * jnp.sum(cross_in) + self.anchor * drift,
                     "block_loss": block_nll + lam * (cross_in @ masks.T),
                     "dependence": dep}
 
-        return jax.vmap(one)(params["replicas"], params["orders"], params["lambdas"])
+        return jax.vmap(one)(params["replicas"], params["orders"], params["lambdas"],
+                             params["capacity"])
 
 
 def combine_orders(orders: jnp.ndarray, block_loss: jnp.ndarray,
@@ -296,6 +327,24 @@ def combine_orders(orders: jnp.ndarray, block_loss: jnp.ndarray,
     chosen = orders[best]                                    # (n_blocks, D, D)
     # rows and columns of a block's permutation both lie in the block
     return jnp.sum(chosen * masks[:, :, None] * masks[:, None, :], axis=0)
+
+
+def choose_block_flows(orders: jnp.ndarray, capacity: jnp.ndarray, block_loss: jnp.ndarray,
+                       block_sizes: Sequence[int], margin: float):
+    """One seed: every block's flow capacity and within-block order from the order phase.
+
+    ``orders`` (R, D, D), ``capacity`` (R, n_blocks) active coupling layers of each replica,
+    ``block_loss`` (R, n_blocks) validation loss. Per block: the smallest capacity whose best
+    replica's loss is within ``margin`` nats per latent dimension of the best replica of any
+    capacity (a more flexible flow only where the held-out likelihood needs it), then that
+    capacity's best order. Returns the (D, D) order matrix and the (n_blocks,) capacities."""
+    sizes = jnp.asarray(block_sizes, block_loss.dtype)
+    same = capacity[:, None, :] == capacity[None, :, :]                 # (R, R, n_blocks)
+    level_best = jnp.min(jnp.where(same, block_loss[None], jnp.inf), axis=1)
+    ok = level_best <= jnp.min(block_loss, axis=0) + margin * sizes
+    chosen = jnp.min(jnp.where(ok, capacity, jnp.inf), axis=0)          # (n_blocks,)
+    loss = jnp.where(capacity == chosen, block_loss, jnp.inf)
+    return combine_orders(orders, loss, block_sizes), chosen
 
 
 # ---------------------------------------------------------------------- the method
@@ -336,44 +385,83 @@ class PersonaXMethod(Method):
     def lambdas(self) -> np.ndarray:
         return np.asarray(self.configured_lambdas, np.float32)
 
+    @property
+    def restarts(self) -> int:
+        """``stage_b.restarts``: independently initialised replicas per order candidate and
+        per lambda (runs whose config predates the field had one)."""
+        return int(self.stage_cfg.get("restarts", 1))
+
+    @property
+    def replica_lambdas(self) -> np.ndarray:
+        """Lambda of every sparsity-phase replica, lambda-major (``restarts`` per lambda)."""
+        return np.repeat(self.lambdas, self.restarts)
+
+    @property
+    def flow_layer_candidates(self) -> tuple[int, ...]:
+        """``stage_b.flow_layers``: the coupling-layer counts the order phase tries (an int is
+        one candidate)."""
+        return layer_candidates(self.stage_cfg.flow_layers)
+
+    def order_replicas(self) -> tuple[np.ndarray, np.ndarray]:
+        """The order phase's replicas: permutation matrices (R, D, D) and capacities
+        (R, n_blocks): every candidate of :meth:`order_candidates` at every flow capacity,
+        ``restarts`` times (each block then takes its capacity and order by
+        :func:`choose_block_flows`)."""
+        cands = self.order_candidates()
+        caps = np.asarray(self.flow_layer_candidates, np.float32)
+        n, reps = len(cands), len(caps) * self.restarts
+        orders = np.tile(cands, (reps, 1, 1))
+        capacity = np.repeat(np.tile(caps, self.restarts), n)
+        return orders, np.repeat(capacity[:, None], len(self.block_sizes), axis=1)
+
     # Trained by its stages; as a Method it is only evaluated.
     def init(self, key, xs):
-        return self.component_stage(len(self.lambdas)).init(key, xs)
+        return self.component_stage(len(self.replica_lambdas)).init(key, xs)
 
     def loss(self, params, xs, key):
-        return self.component_stage(len(self.lambdas)).loss(params, xs, key)
+        return self.component_stage(len(self.replica_lambdas)).loss(params, xs, key)
 
     def select(self, params, xs):
         """Seed-stacked stage-B parameters -> the chosen replica of every seed (the rule of
         the module docstring), with its validation dependence ``S`` as the graph."""
-        stage = self.component_stage(len(self.lambdas))
+        stage = self.component_stage(len(self.replica_lambdas))
         margin = float(self.stage_cfg.nll_margin) * self.layout.latent_dim
+        restarts = self.restarts
 
         def one(p):
             s = stage.scores(p, xs)
-            idx = choose_lambda(s["nll"], margin)
+            best = best_restarts(s["objective"], restarts)          # (n_lambdas,)
+            path = s["nll"][best]
+            idx = best[choose_lambda(path, margin)]
             pick = lambda tree: jax.tree.map(lambda a: a[idx], tree)
             return {"block": p["block"], "standardise": p["standardise"],
-                    "order": p["orders"][idx], "lambda_index": idx,
+                    "order": p["orders"][idx], "capacity": p["capacity"][idx],
+                    "lambda_index": idx // restarts,
                     "replica": pick(p["replicas"]), "dependence": s["dependence"][idx],
-                    "val_nll_path": s["nll"]}
+                    "val_nll_path": path,
+                    "val_nll_restarts": jnp.reshape(s["nll"], (-1, restarts))}
 
         return jax.jit(jax.vmap(one))(params)
 
     def choices(self, params) -> dict:
-        """Per seed: the chosen lambda, the validation NLL path over ``stage_b.lambdas``
-        and each block's chosen within-block order (latent indices of the stage-A block)."""
+        """Per seed: the chosen lambda, the validation NLL path over ``stage_b.lambdas`` (of
+        each lambda's chosen restart), every restart's validation NLL (lambda x restart) and
+        each block's chosen within-block order (latent indices of the stage-A block) and flow
+        capacity (coupling layers)."""
         orders = np.asarray(params["order"])
         configured = self.configured_lambdas
         return {"lambdas": configured,
+                "flow_layers": np.asarray(params["capacity"]).astype(int).tolist(),
                 "lambda": [configured[int(i)] for i in np.asarray(params["lambda_index"])],
                 "val_nll_path": np.asarray(params["val_nll_path"]).tolist(),
+                "val_nll_restarts": np.asarray(params["val_nll_restarts"]).tolist(),
                 "order": [np.argmax(o, axis=0).tolist() for o in orders]}
 
     def encode(self, params, xs, true_z=None):
         stage = self.component_stage(1)
         r = stage.representation(params, xs)
-        zhat, _ = self.flow.apply({"params": params["replica"]["flow"]}, r @ params["order"])
+        zhat, _ = self.flow.apply({"params": params["replica"]["flow"]}, r @ params["order"],
+                                  params["capacity"])
         return zhat
 
     def adjacency(self, params):
@@ -386,7 +474,8 @@ def build_personax(name: str, data_layout, config) -> PersonaXMethod:
     c = config.stage_b
     mask = tuple(tuple(bool(v) for v in row) for row in layout.allowed_mask())
     sizes = tuple(sl.stop - sl.start for sl in layout.block_slices.values())
-    flow = flows.LatentFlow(sizes, n_layers=int(c.flow_layers), hidden=int(c.flow_hidden))
+    flow = flows.LatentFlow(sizes, n_layers=max(layer_candidates(c.flow_layers)),
+                            hidden=int(c.flow_hidden))
     prior = cp.CausalPrior(mask, hidden=int(c.prior_hidden), flow_units=int(c.flow_units),
                            adjacency_init=float(c.prior_init))
     return PersonaXMethod(name=name, layout=layout, block=block, flow=flow, prior=prior,
