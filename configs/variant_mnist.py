@@ -2,7 +2,7 @@
 
     python -m crl_jax.main --config=configs/variant_mnist.py:small --config.data.data_dir=../shared/data --config.train.num_seeds=5 --workdir=/tmp/vmnist
 
-Expected: MCC 0.746 ± 0.019, R² 0.873 / 0.996 (identity fixed, 5 seeds, docs/RESULTS.md section 0); the full 28x28 config (no `:small`) is not measured yet.
+Expected: MCC 0.709 ± 0.100 (identifiable latents 0.824), R² 0.959 / 0.996 (identity fixed, 5 seeds, docs/RESULTS.md section 0); the full 28x28 config (no `:small`) is not measured yet.
 """
 from __future__ import annotations
 
