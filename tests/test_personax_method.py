@@ -322,6 +322,7 @@ def test_staged_run_reports_its_choices_and_resumes_inside_stage_b(tmp_path):
 
     config = synthetic_config.get_config("smoke")
     config.eval.plots = False
+    config.stage_b.flow_layers = (1, 2)       # the capacity choice, end to end
     full = experiments.run(config, str(tmp_path / "full"))
     for sub in ("checkpoints", "checkpoints_orders", "checkpoints_sparsity"):
         assert (tmp_path / "full" / sub).is_dir(), sub
