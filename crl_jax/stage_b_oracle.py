@@ -5,10 +5,10 @@ Stage A is replaced by the true latents (standardised), so stage B starts at the
 its objective keep it? Stage B (``personax.ComponentStage``, the config's ``stage_b.*``: prior,
 flows, anchor, learning rate) trains one replica per lambda for ``stage_b.steps`` steps on
 fresh samples, with the within-block order set to the true topological order and the
-smallest flow of ``stage_b.flow_layers`` (no order or capacity search). Printed per lambda: the validation NLL, the MCC against the truth (overall and per
-latent) and the edges with ``S > eval.graph_threshold``; and the validation NLL of the true
-model (the true mechanisms' density of the standardised latents): a trained prior far above it
-has under-fitted. ``--freeze_flow`` keeps the flows at the identity (the prior alone learns):
+smallest flow of ``stage_b.flow_layers`` (no order or capacity search). Printed per lambda:
+the validation NLL, the MCC against the truth (overall and per latent) and the edges with
+``S > eval.graph_threshold``; and the validation NLL of the true model (the true mechanisms'
+density of the standardised latents): a trained prior far above it has under-fitted. ``--freeze_flow`` keeps the flows at the identity (the prior alone learns):
 the NLL the prior reaches on the true coordinates. docs/MODEL.md section 2a quotes its runs.
 """
 from __future__ import annotations

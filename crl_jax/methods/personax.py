@@ -271,6 +271,11 @@ class ComponentStage(Method):
         """Each edge's weighted share of the sparsity penalty (``stage_b.penalty``)."""
         return shaped_penalty(dep, self.penalty, float(self.penalty_scale)) * self.penalty_mask
 
+    @staticmethod
+    def drift(zhat, r, order) -> jnp.ndarray:
+        """Mean squared distance of ``zhat`` from stage A's (reordered) coordinates."""
+        return jnp.mean(jnp.sum((zhat - r @ jax.lax.stop_gradient(order)) ** 2, -1))
+
     def replica_loss(self, replica, order, lam, r, capacity=None):
         zhat, nll_dims, log_det = self.replica_terms(replica, order, r, capacity)
         nll = jnp.mean(jnp.sum(nll_dims, -1) - jnp.sum(log_det, -1))
@@ -278,8 +283,8 @@ class ComponentStage(Method):
         # stage_b.anchor: among maps of (nearly) equal likelihood, prefer the one nearest to
         # stage A's coordinates (the likelihood cannot tell a latent from it plus a function of
         # its within-block parents; docs/MODEL.md section 2a)
-        drift = jnp.mean(jnp.sum((zhat - r @ jax.lax.stop_gradient(order)) ** 2, -1))
-        loss = nll + jax.lax.stop_gradient(lam) * penalty + self.anchor * drift
+        loss = (nll + jax.lax.stop_gradient(lam) * penalty
+                + self.anchor * self.drift(zhat, r, order))
         return loss, (nll, penalty)
 
     def loss(self, params, xs, key):
@@ -307,10 +312,10 @@ class ComponentStage(Method):
             cross_in = jnp.sum(self.shaped(dep), axis=1)               # per child dim
             block_nll = jnp.mean(nll_dims, 0) @ masks.T - jnp.mean(log_det, 0)
             nll = jnp.mean(jnp.sum(nll_dims, -1) - jnp.sum(log_det, -1))
-            drift = jnp.mean(jnp.sum((zhat - r @ order) ** 2, -1))
             return {"nll": nll,
                     "penalty": jnp.sum(cross_in),
-                    "objective": nll + lam * jnp.sum(cross_in) + self.anchor * drift,
+                    "objective": (nll + lam * jnp.sum(cross_in)
+                                  + self.anchor * self.drift(zhat, r, order)),
                     "block_loss": block_nll + lam * (cross_in @ masks.T),
                     "dependence": dep}
 
