@@ -20,6 +20,7 @@ fingerprint differs from the recorded one.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -176,9 +177,10 @@ def train_personax(config, workdir, method: personax.PersonaXMethod, mesh, batch
     info["flow_layers"] = np.asarray(chosen_capacity)
     info["order_block_loss"] = np.asarray(scores["block_loss"])
 
-    # phase 2: sparsity path with the chosen orders
+    # phase 2: sparsity path with the chosen orders and capacities; its flows hold only the
+    # couplings some block chose (the others would be gated off in every replica anyway)
     lambdas = method.replica_lambdas
-    stage2 = method.component_stage(len(lambdas))
+    stage2 = trimmed(method, int(np.max(info["flow_layers"]))).component_stage(len(lambdas))
     init2 = _initial_state(stage2, cfg_b, mesh, data_layout, params_a, stats,
                            jnp.broadcast_to(chosen[:, None], (n_seeds, len(lambdas)) +
                                             chosen.shape[1:]),
@@ -192,4 +194,30 @@ def train_personax(config, workdir, method: personax.PersonaXMethod, mesh, batch
                                stop_after_step=stop, stage="sparsity", **loop_settings)
     if step < total_b:
         return None, info
-    return state2.params, info
+    return padded(method, state2.params), info
+
+
+def trimmed(method: personax.PersonaXMethod, n_layers: int) -> personax.PersonaXMethod:
+    """``method`` whose flows have ``n_layers`` couplings (at most its own)."""
+    n_layers = min(int(n_layers), int(method.flow.n_layers))
+    if n_layers == method.flow.n_layers:
+        return method
+    return dataclasses.replace(method, flow=method.flow.clone(n_layers=n_layers))
+
+
+def padded(method: personax.PersonaXMethod, params: dict) -> dict:
+    """Stage-B parameters (seeds x replicas) whose flows lack some of ``method.flow``'s
+    couplings -> the full structure, the missing layers at their initial values.
+    They lie beyond every replica's ``capacity``, so the flows compute the same function."""
+    lead = params["lambdas"].shape                       # (seeds, replicas)
+    d = method.layout.latent_dim
+    full = method.flow.init(jax.random.PRNGKey(0), jnp.zeros((2, d)))["params"]
+
+    def merge(have, want):
+        if not hasattr(want, "items"):
+            return have if have is not None else jnp.broadcast_to(want, lead + want.shape)
+        return {k: merge(have.get(k) if have is not None else None, v)
+                for k, v in want.items()}
+
+    flow = merge(params["replicas"]["flow"], full)
+    return dict(params, replicas=dict(params["replicas"], flow=flow))

@@ -346,3 +346,33 @@ def test_staged_run_reports_its_choices_and_resumes_inside_stage_b(tmp_path):
     np.testing.assert_allclose(resumed["evaluation"]["summary"]["mcc_pearson"]["per_seed"],
                                full["evaluation"]["summary"]["mcc_pearson"]["per_seed"],
                                rtol=1e-5)
+
+
+def test_trimmed_sparsity_flows_padded_back_compute_the_same():
+    """The sparsity phase trains flows with only the couplings its blocks chose; padded back
+    to the method's structure (the missing couplings gated off by ``capacity``) they give
+    the same validation scores, and select/encode can use them."""
+    from crl_jax import staged
+
+    method, config, layout = _case1_method()
+    config.stage_b.flow_layers = (1, 3)
+    method = methods.build_method("personax", layout, config)
+    small = staged.trimmed(method, 1)
+    assert small.flow.n_layers == 1 and method.flow.n_layers == 3
+    assert staged.trimmed(method, 3) is method
+    xs = tuple(jax.random.normal(jax.random.PRNGKey(i), (128, 3) + s)
+               for i, s in enumerate(layout.obs_shapes))
+    stage = small.component_stage(2)
+    params = stage.init(jax.random.PRNGKey(0), xs)
+    params = dict(params, lambdas=jnp.asarray([0.0, 0.3]), capacity=jnp.ones((2, 2)))
+    params["replicas"] = jax.tree.map(       # trained-looking flows
+        lambda a: a + 0.2 * jax.random.normal(jax.random.PRNGKey(a.size), a.shape),
+        params["replicas"])
+    full = staged.padded(method, jax.tree.map(lambda a: a[None], params))
+    reference = method.component_stage(2).init(jax.random.PRNGKey(1), xs)
+    assert jax.tree.structure(jax.tree.map(lambda a: a[0], full)["replicas"]) == \
+        jax.tree.structure(reference["replicas"])
+    got = method.component_stage(2).scores(jax.tree.map(lambda a: a[0], full), xs)
+    want = stage.scores(params, xs)
+    np.testing.assert_allclose(got["nll"], want["nll"], rtol=1e-5)
+    np.testing.assert_allclose(got["dependence"], want["dependence"], rtol=1e-4, atol=1e-6)
