@@ -2,7 +2,7 @@
 
     python -m crl_jax.main --config=configs/synthetic.py --workdir=/tmp/run
 
-Expected: held-out MCC 0.985 ± 0.001, kernel R² 0.999 / 1.000 (m1 / m2), SHD 0, 0, 0 (the true graph in every seed); training took 494 s on 2 quiet cores of an AMD EPYC (docs/PERFORMANCE.md).
+Expected: held-out MCC 0.985 ± 0.001, kernel R² 0.999 / 1.000 (m1 / m2), SHD 0, 0, 0 (the true graph in every seed); training took 420 s on 2 quiet cores of an AMD EPYC (docs/PERFORMANCE.md).
 """
 from __future__ import annotations
 
