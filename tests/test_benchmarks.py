@@ -166,6 +166,7 @@ def test_step_auto_only_never_runs_the_one_pass_step(tmp_path):
     assert row["flops_per_step"] > 0 and row["steps_per_s"] > 0
 
 
+@pytest.mark.slow
 def test_loop_optimizer_tiny_run(tmp_path):
     """``benchmarks.loop optimizer``: the three programs per seed count, on the parameters
     of the model (twice as many for two seeds), with XLA's byte counts: the stream moves at
@@ -264,6 +265,7 @@ def test_step_chunks_rejects_bad_counts():
     assert proc.returncode == 2 and "--chunk_counts" in proc.stderr
 
 
+@pytest.mark.slow
 def test_loop_seeds_tiny_run(tmp_path):
     from benchmarks import loop
     out = tmp_path / "spc.json"
@@ -284,6 +286,7 @@ def test_loop_seeds_tiny_run(tmp_path):
         ("variant_mnist:small", 8, 2)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("per_call", [1, 2])
 def test_loop_sampling_tiny_run(per_call):
     """Both of the loop's paths: single steps (prefetched chunks) and the scanned calls fed
@@ -297,6 +300,7 @@ def test_loop_sampling_tiny_run(per_call):
         loop.main(["sampling", "--steps_per_call=0"])
 
 
+@pytest.mark.slow
 def test_benchmarks_take_the_products_library(tmp_path):
     """--cpu_dots sets YNNPACK or Eigen products before JAX starts and the JSON says which;
     asked for after the backend started (here, in the test process) it is an error rather
@@ -320,6 +324,7 @@ def test_benchmarks_take_the_products_library(tmp_path):
                    "--log_every=10", f"--cpu_dots={other}"])
 
 
+@pytest.mark.slow
 def test_loop_libraries_runs_both_libraries(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "CRL_JAX_CPU_DOTS")}
     proc = subprocess.run([sys.executable, "-m", "benchmarks.loop", "libraries", str(tmp_path),
@@ -333,6 +338,7 @@ def test_loop_libraries_runs_both_libraries(tmp_path):
     assert proc.stdout.count("ms/step") == 2
 
 
+@pytest.mark.slow
 def test_loop_floor_tiny_run(tmp_path):
     """The scanned step, products and optimiser for 1 and 2 seeds: the floor is their sum,
     the products are the step's (2 seeds: exactly twice one seed's FLOPs, the same count)."""

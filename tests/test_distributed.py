@@ -18,6 +18,7 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT_S = 420
@@ -102,6 +103,7 @@ def _losses(workdir) -> np.ndarray:
     return np.array([r["loss_per_seed"] for r in records])
 
 
+@pytest.mark.slow
 def test_two_processes_train_the_same_model_as_one(tmp_path):
     multi, single = tmp_path / "two_processes", tmp_path / "one_process"
     multi.mkdir()

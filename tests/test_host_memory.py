@@ -167,6 +167,7 @@ def test_opt_out_by_environment():
     assert off["faults"] > 0.9 * off["pages"], off
 
 
+@pytest.mark.slow
 def test_train_step_temporaries_are_not_page_faulted_every_step():
     # median over single steps: a step now and then still maps memory afresh
     default = _probe(STEP_PROBE, "default")
@@ -176,6 +177,7 @@ def test_train_step_temporaries_are_not_page_faulted_every_step():
     assert tuned["faults"] < 0.05 * tuned["temp_pages"], tuned
 
 
+@pytest.mark.slow
 def test_inline_dispatch_reuses_temporaries_above_a_thread_arena_heap():
     """Async, the step runs on a worker thread whose arena cannot hold its > 64 MiB of
     temporaries: they are mapped afresh every step. Inline, they come from the main arena."""

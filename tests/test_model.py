@@ -27,7 +27,8 @@ def _inputs(layout, batch=4, seed=0):
 
 
 @pytest.mark.parametrize("name,encoder", [("two_vector", "mlp"), ("uneven_shared", "mlp"),
-                                          ("images", "mlp"), ("images", "conv")])
+                                          ("images", "mlp"),
+                                          pytest.param("images", "conv", marks=pytest.mark.slow)])
 def test_shapes(name, encoder):
     layout = LAYOUTS[name]
     model = PersonaXVAE(layout, encoder=encoder, hidden=(16,), flow_units=2)

@@ -111,6 +111,7 @@ def test_operations_on_the_calling_thread_are_counted():
     assert busy_ms == 3.0 and unknown == {"copy.9": 1.0}
 
 
+@pytest.mark.slow
 def test_profiling_time_end_to_end(tmp_path):
     out = tmp_path / "profile.json"
     proc = subprocess.run(
@@ -204,6 +205,7 @@ def test_no_temp_allocation_is_one_clear_error():
         raise AssertionError("expected a ValueError")
 
 
+@pytest.mark.slow
 def test_memory_real_step_peak_matches_xla_and_names_the_activations(tmp_path):
     out = tmp_path / "mem.json"
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}

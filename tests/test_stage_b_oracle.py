@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from configs import synthetic as synthetic_config
 from crl_jax import stage_b_oracle as oracle
@@ -19,6 +20,7 @@ def test_true_order_sorts_each_block_topologically():
     np.testing.assert_array_equal(perm_matrix.sum(1), 1)
 
 
+@pytest.mark.slow
 def test_frozen_flows_keep_the_truth_and_the_prior_cannot_beat_the_true_density():
     config = synthetic_config.get_config("smoke")
     config.stage_b.steps = 40

@@ -104,6 +104,7 @@ def _count_scan_calls(monkeypatch) -> list:
     return calls
 
 
+@pytest.mark.slow
 def test_several_steps_per_call_train_the_same_model(tmp_path, monkeypatch):
     """train.steps_per_call = 4: the same steps as one per call (a lax.scan of the same
     step), 4 per dispatch where they fit, single steps up to a stop that is not a multiple;
@@ -158,6 +159,7 @@ def test_default_config_dispatches_several_steps_per_call(tmp_path, monkeypatch)
     assert step == 30 and calls == [10, 10, 10] and single == []
 
 
+@pytest.mark.slow
 def test_loop_runs_twice_in_one_workdir_for_a_staged_method(tmp_path):
     """A second training stage: its own checkpoint folder, the same metrics file with its
     steps after the first stage's; stopped and resumed, the first stage's records and
