@@ -28,6 +28,7 @@ import shutil
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 
 from crl_jax import checkpointing, parallel, resume, steps, train
 from crl_jax.errors import CheckpointError, ResumeError, warn
@@ -211,13 +212,10 @@ def padded(method: personax.PersonaXMethod, params: dict) -> dict:
     They lie beyond every replica's ``capacity``, so the flows compute the same function."""
     lead = params["lambdas"].shape                       # (seeds, replicas)
     d = method.layout.latent_dim
-    full = method.flow.init(jax.random.PRNGKey(0), jnp.zeros((2, d)))["params"]
-
-    def merge(have, want):
-        if not hasattr(want, "items"):
-            return have if have is not None else jnp.broadcast_to(want, lead + want.shape)
-        return {k: merge(have.get(k) if have is not None else None, v)
-                for k, v in want.items()}
-
-    flow = merge(params["replicas"]["flow"], full)
+    full = traverse_util.flatten_dict(
+        method.flow.init(jax.random.PRNGKey(0), jnp.zeros((2, d)))["params"])
+    have = traverse_util.flatten_dict(params["replicas"]["flow"])
+    flow = traverse_util.unflatten_dict(
+        {k: have[k] if k in have else jnp.broadcast_to(v, lead + v.shape)
+         for k, v in full.items()})
     return dict(params, replicas=dict(params["replicas"], flow=flow))

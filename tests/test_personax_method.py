@@ -350,8 +350,8 @@ def test_staged_run_reports_its_choices_and_resumes_inside_stage_b(tmp_path):
 
 def test_trimmed_sparsity_flows_padded_back_compute_the_same():
     """The sparsity phase trains flows with only the couplings its blocks chose; padded back
-    to the method's structure (the missing couplings gated off by ``capacity``) they give
-    the same validation scores, and select/encode can use them."""
+    to the method's structure (the missing couplings gated off by ``capacity``) they have
+    the full flow's parameter tree and give the same validation scores."""
     from crl_jax import staged
 
     method, config, layout = _case1_method()
