@@ -1,8 +1,8 @@
 """The data-parallel step on 8 (forced CPU) devices equals the single-device step, in one
 pass (personax's stage A and the causal-prior VAE) and with gradient accumulation over 4
 microbatches (the VAE; each microbatch spread over all devices). The default run checks
-personax's stage A; the VAE's two cases are `slow` (each pair of compilations on 8 forced
-devices takes about a minute on 2 EPYC cores)."""
+personax's stage A (120 s on 2 EPYC cores, a cold compilation cache); the VAE's two cases
+are `slow` (the three cases together took 226 s)."""
 import json
 import os
 import subprocess
